@@ -1,0 +1,63 @@
+"""orbax checkpoints of the TrainState: periodic saves, keep N, resume.
+
+What is saved is the state's pytree (step, params, statistics, optimizer and
+method state, rng) plus a small JSON record. Restoring takes the shardings of
+a template state, so a checkpoint written on one device count restores onto
+another.
+"""
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+_FIELDS = ('step', 'params', 'batch_stats', 'batch_stats_adv', 'opt_state',
+           'rng', 'method_state')
+
+
+def state_tree(state):
+  """The saved part of a TrainState, as a plain dict."""
+  return {f: getattr(state, f) for f in _FIELDS}
+
+
+def _abstract(x):
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+
+
+class Checkpointer:
+  """CheckpointManager in `directory`, keeping the newest `keep` steps."""
+
+  def __init__(self, directory, keep=3):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self._mgr = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self):
+    return self._mgr.latest_step()
+
+  def all_steps(self):
+    return list(self._mgr.all_steps())
+
+  def save(self, step, state, meta=None, force=True):
+    """Saves `state` under `step` (asynchronously; see wait())."""
+    self._mgr.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_tree(state)),
+        meta=ocp.args.JsonSave(meta or {})), force=force)
+
+  def restore(self, template, step=None):
+    """Returns (state, meta) restored onto the shardings of `template`."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree_util.tree_map(_abstract, state_tree(template))
+    out = self._mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        meta=ocp.args.JsonRestore()))
+    return template.replace(**out['state']), dict(out['meta'] or {})
+
+  def wait(self):
+    self._mgr.wait_until_finished()
+
+  def close(self):
+    self._mgr.wait_until_finished()
+    self._mgr.close()

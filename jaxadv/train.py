@@ -1,0 +1,315 @@
+"""train_and_evaluate(config, workdir): the one training loop of jaxadv.
+
+Mesh, state, jit(shard_map(scan(train_step))), data feeding, evaluation,
+checkpoints, NaN guard and interruption handling. Nothing here depends on the
+training method: methods plug in through `jaxadv.methods`.
+"""
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from jaxadv import checkpoint as ckpt_lib
+from jaxadv import data
+from jaxadv import evaluate
+from jaxadv import methods as methods_lib
+from jaxadv import models
+from jaxadv import optim
+from jaxadv import parallel
+from jaxadv import progress as progress_lib
+from jaxadv import validation
+from jaxadv.train_state import create_train_state
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced NaN or Inf; the last good checkpoint is untouched."""
+
+
+def build_model(config, ds, axis_name=None):
+  """The config's model for dataset `ds` (normalization inside the model)."""
+  return models.get_model(
+      config.model.name, num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+      dtype=DTYPES[config.dtype], activation=config.model.activation,
+      bn_axis_name=axis_name if config.sync_bn else None,
+      dual_bn=config.model.dual_bn, **dict(config.model.kwargs))
+
+
+def setup(config, ds, mesh):
+  """Model, method, optimizer and an initialized state placed on `mesh`.
+
+  Returns a dict with model, method, state, specs, steps_per_epoch,
+  updates_per_batch, total_batches, schedule.
+  """
+  method = methods_lib.get_method(config.method.name)
+  model = build_model(config, ds, axis_name=parallel.AXIS)
+  steps_per_epoch = data.steps_per_epoch(len(ds.train_labels),
+                                         config.batch_size)
+  if steps_per_epoch < 1:
+    raise validation.ConfigError(
+        f'config.batch_size={config.batch_size} exceeds the '
+        f'{len(ds.train_labels)} training examples; lower it')
+  upb = methods_lib.updates_per_batch(method, config)
+  total_batches = max(int(round(config.num_epochs * steps_per_epoch)), 1)
+  tx, schedule = optim.make_optimizer(config.optim, total_batches * upb,
+                                      steps_per_epoch * upb)
+  image_shape = ds.train_images.shape[1:]
+  method_state = methods_lib.init_method_state(
+      method, config, (config.batch_size,) + image_shape)
+  # Init outside the mesh: BatchNorm must not look for the 'data' axis.
+  init_model = build_model(config, ds, axis_name=None)
+  state = create_train_state(jax.random.PRNGKey(config.seed), init_model, tx,
+                             (1,) + image_shape, method_state)
+  state = state.replace(apply_fn=model.apply)
+  specs = parallel.state_specs(state)
+  state = parallel.put_global(state, mesh, specs)
+  return dict(model=model, method=method, state=state, specs=specs,
+              steps_per_epoch=steps_per_epoch, updates_per_batch=upb,
+              total_batches=total_batches, schedule=schedule)
+
+
+def make_train_fn(config, model, method, mesh, specs, augment_kind):
+  """jit(shard_map(scan)) running a chunk of steps: (state, images (S, B, ...)
+  uint8, labels (S, B)) -> (state, metrics summed over the chunk).
+
+  Each step's rng is the state's key folded with the step number and the
+  device index; augmentation runs on the device.
+  """
+  train_step = method.make_train_step(config, model, axis_name=parallel.AXIS)
+
+  def chunk(state, images, labels):
+    def body(state, xs):
+      img, lbl = xs
+      rng = jax.random.fold_in(state.rng, state.step)
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
+      aug_rng, step_rng = jax.random.split(rng)
+      x = data.augment(aug_rng, img, augment_kind)
+      state, metrics = train_step(state, {'image': x, 'label': lbl}, step_rng)
+      return state, jax.lax.psum(metrics, parallel.AXIS)
+    state, metrics = jax.lax.scan(body, state, (images, labels))
+    return state, jax.tree_util.tree_map(lambda m: m.sum(0), metrics)
+
+  batch = P(None, parallel.AXIS)
+  fn = jax.shard_map(chunk, mesh=mesh, in_specs=(specs, batch, batch),
+                     out_specs=(specs, P()))
+  return jax.jit(fn, donate_argnums=0)
+
+
+def _finalize(metrics):
+  """{name: (sum, count)} on host -> {name: mean}."""
+  return {k: float(s) / max(float(c), 1.0) for k, (s, c) in metrics.items()}
+
+
+def _all_finite(state):
+  leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats,
+                                      state.batch_stats_adv))
+  return bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+  """Turns SIGINT/SIGTERM into a flag the loop checks between chunks."""
+  flag = {'signal': None}
+
+  def handler(signum, frame):
+    del frame
+    if flag['signal'] is not None:  # a second Ctrl-C: leave now
+      raise KeyboardInterrupt
+    flag['signal'] = signal.Signals(signum).name
+  try:
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT,
+                                                   signal.SIGTERM)}
+  except ValueError:  # not the main thread: no handlers
+    yield flag
+    return
+  try:
+    yield flag
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains per `config`, checkpointing into `workdir`; resumes if possible.
+
+  Returns the results dict also written to <workdir>/results.json.
+  """
+  t_start = time.time()
+  if config.distributed:
+    jax.distributed.initialize()
+  method = validation.validate_config(config)
+  del method
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  ds = data.load_dataset(config.data, seed=config.seed)
+  mesh = parallel.make_mesh()
+  s = setup(config, ds, mesh)
+  state, specs = s['state'], s['specs']
+  spe, upb, total = s['steps_per_epoch'], s['updates_per_batch'], s[
+      'total_batches']
+
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                               config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state, _ = ckpt.restore(state)
+    logging.info('resumed from step %d', int(state.step))
+  batches_done = int(state.step) // upb
+  start_batches = batches_done
+
+  kind = ds.augment if config.data.augment == 'auto' else config.data.augment
+  train_fn = make_train_fn(config, s['model'], s['method'], mesh, specs, kind)
+  acc_fn = evaluate.make_accuracy_fn(mesh, specs)
+  jsonl = progress_lib.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
+                                   is_main)
+  bar = progress_lib.Progress(total, batches_done, config.progress and is_main)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  n_train = len(ds.train_labels)
+
+  def test_accuracy(st):
+    return evaluate.accuracy(st, ds.test_images, ds.test_labels, mesh=mesh,
+                             specs=specs, batch_size=config.eval_batch_size,
+                             accuracy_fn=acc_fn)[0]
+
+  def save(st, good_metrics=True):
+    if not good_metrics or not _all_finite(st):
+      raise NonFiniteError(_nonfinite_msg(st, ckpt))
+    ckpt.save(int(st.step), st, {'batches_done': int(st.step) // upb,
+                                 'epoch': int(st.step) // upb / spe})
+
+  pending, last_log = None, batches_done
+  t_steady, steady_from = None, None
+  status, history = 'completed', []
+  with _stop_on_signals() as stop:
+    while batches_done < total and stop['signal'] is None:
+      epoch, offset = divmod(batches_done, spe)
+      epoch_stop = min(spe, total - epoch * spe)
+      for chunk in data.train_chunks(
+          ds, config.batch_size, config.seed, epoch, config.steps_per_call,
+          process_index=pidx, process_count=pcount, start_step=offset):
+        n = min(chunk['label'].shape[0], epoch_stop - offset)
+        g = parallel.put_local_batch(
+            (chunk['image'][:n], chunk['label'][:n]), mesh,
+            P(None, parallel.AXIS))
+        state, m = train_fn(state, *g)
+        pending = m if pending is None else jax.tree_util.tree_map(
+            jnp.add, pending, m)
+        batches_done += n
+        offset += n
+        if t_steady is None:  # the first call compiles: time from its end
+          jax.block_until_ready(state.step)
+          t_steady, steady_from = time.time(), batches_done
+        if batches_done - last_log >= config.log_every or offset >= epoch_stop:
+          _log(pending, state, s['schedule'], jsonl, bar, batches_done, spe,
+               config)
+          pending, last_log = None, batches_done
+        if offset >= epoch_stop or stop['signal'] is not None:
+          break
+      if offset < epoch_stop:  # interrupted inside the epoch
+        break
+      finished_epoch = batches_done // spe
+      record = {'epoch': batches_done / spe, 'step': int(state.step)}
+      if batches_done >= total or (config.eval_every and
+                                   finished_epoch % config.eval_every == 0):
+        record['test_accuracy'] = test_accuracy(state)
+        jsonl.write(record)
+        logging.info('epoch %d: test accuracy %.4f', finished_epoch,
+                     record['test_accuracy'])
+      history.append(record)
+      if batches_done < total and config.checkpoint_every and (
+          finished_epoch % config.checkpoint_every == 0):
+        save(state)
+    bar.close()
+    if pending is not None:
+      _log(pending, state, s['schedule'], jsonl, bar, batches_done, spe,
+           config)
+    if stop['signal'] is not None:
+      status = f'interrupted ({stop["signal"]})'
+    save(state)
+    ckpt.wait()
+
+  t_end = time.time()
+  steady_images = (batches_done - (steady_from or batches_done)) * (
+      config.batch_size)
+  steady_time = (t_end - t_steady) if t_steady else 0.0
+  results = {
+      'status': status,
+      'dataset': ds.name,
+      'model': config.model.name,
+      'method': config.method.name,
+      'epochs_done': batches_done / spe,
+      'steps': int(state.step),
+      'device_kind': jax.devices()[0].device_kind,
+      'num_devices': jax.device_count(),
+      'wall_time_s': t_end - t_start,
+      'train_images': (batches_done - start_batches) * config.batch_size,
+      'images_per_s': (steady_images / steady_time if steady_time > 0
+                       else float('nan')),
+      'history': history,
+      'config': json.loads(config.to_json_best_effort()),
+  }
+  if status == 'completed':
+    last = history[-1] if history else {}
+    results['test_accuracy'] = last.get('test_accuracy') or test_accuracy(
+        state)
+  if is_main:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  ckpt.close()
+  return results
+
+
+def _log(pending, state, schedule, jsonl, bar, batches_done, spe, config):
+  """Fetches summed metrics (the only host sync), checks them, logs them."""
+  metrics = _finalize(parallel.fetch(pending))
+  if config.halt_on_nonfinite and not all(
+      math.isfinite(v) for v in metrics.values()):
+    raise NonFiniteError(
+        f'non-finite training metrics {metrics} by step {int(state.step)}; '
+        'stopped without saving: the last good checkpoint is kept. Lower '
+        'config.optim.lr or check the data.')
+  step = int(state.step)
+  metrics['lr'] = float(schedule(max(step - 1, 0)))
+  jsonl.write({'step': step, 'epoch': batches_done / spe, **metrics})
+  bar.update(batches_done, metrics)
+
+
+def _nonfinite_msg(state, ckpt):
+  return (f'parameters or statistics became NaN/Inf by step '
+          f'{int(state.step)}; not saved. The last good checkpoint '
+          f'(step {ckpt.latest_step()}) is kept in {ckpt.directory}.')
+
+
+def evaluate_checkpoint(config, workdir):
+  """--mode eval: restores the latest checkpoint and evaluates it.
+
+  Returns a dict with the clean test accuracy (and, when
+  config.eval.attacks is set, the robust evaluation records).
+  """
+  if config.distributed:
+    jax.distributed.initialize()
+  validation.validate_config(config)
+  ds = data.load_dataset(config.data, seed=config.seed)
+  mesh = parallel.make_mesh()
+  s = setup(config, ds, mesh)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                               config.keep_checkpoints)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(
+        f'no checkpoint in {ckpt.directory}; train first (--mode train) or '
+        'point --workdir at a finished run')
+  state, _ = ckpt.restore(s['state'])
+  ckpt.close()
+  acc, n = evaluate.accuracy(state, ds.test_images, ds.test_labels, mesh=mesh,
+                             specs=s['specs'],
+                             batch_size=config.eval_batch_size)
+  return {'step': int(state.step), 'test_accuracy': acc, 'num_examples': n,
+          'state': state, 'specs': s['specs'], 'mesh': mesh, 'dataset': ds}

@@ -1,0 +1,88 @@
+"""Checks a config before anything is compiled; one-line errors naming keys."""
+import jax
+
+from jaxadv import methods as methods_lib
+from jaxadv import models as models_lib
+from jaxadv import optim
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def require(cond, msg):
+  if not cond:
+    raise ConfigError(msg)
+
+
+def _positive(config, key, integer=False):
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  ok = (isinstance(value, int) if integer else isinstance(value, (int, float)))
+  require(ok and not isinstance(value, bool) and value > 0,
+          f'config.{key}={value!r} must be a positive '
+          f'{"integer" if integer else "number"}')
+
+
+def validate_config(config, num_devices=None, num_processes=None):
+  """Raises ConfigError for the first impossible value found."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = (jax.process_count() if num_processes is None
+                   else num_processes)
+  for key in ('num_epochs', 'optim.lr'):
+    _positive(config, key)
+  for key in ('batch_size', 'eval_batch_size', 'steps_per_call', 'log_every',
+              'keep_checkpoints'):
+    _positive(config, key, integer=True)
+  for key in ('batch_size', 'eval_batch_size'):
+    require(config[key] % num_devices == 0,
+            f'config.{key}={config[key]} is not divisible by the '
+            f'{num_devices} devices; use a multiple of {num_devices}')
+    require(config[key] % num_processes == 0,
+            f'config.{key}={config[key]} is not divisible by the '
+            f'{num_processes} processes')
+  require(config.eval_every >= 0 and config.checkpoint_every >= 0,
+          'config.eval_every and config.checkpoint_every must be >= 0 epochs')
+  require(config.dtype in ('float32', 'bfloat16'),
+          f"config.dtype='{config.dtype}'; valid: float32, bfloat16")
+  d = config.data
+  require(0.0 < d.train_fraction <= 1.0,
+          f'config.data.train_fraction={d.train_fraction} must be in (0, 1]')
+  for key in ('num_train_examples', 'num_test_examples'):
+    require(d[key] >= 0, f'config.data.{key}={d[key]} must be >= 0 (0 = all)')
+  require(config.model.name in models_lib.MODELS,
+          f"unknown model '{config.model.name}' (config.model.name); valid: "
+          f"{', '.join(sorted(models_lib.MODELS))}")
+  o = config.optim
+  require(o.name in optim.OPTIMIZERS,
+          f"unknown optimizer '{o.name}' (config.optim.name); valid: "
+          f"{', '.join(optim.OPTIMIZERS)}")
+  require(o.schedule in optim.SCHEDULES,
+          f"unknown schedule '{o.schedule}' (config.optim.schedule); valid: "
+          f"{', '.join(optim.SCHEDULES)}")
+  require(len(o.boundaries) == len(o.scales),
+          'config.optim.boundaries and config.optim.scales need equal lengths')
+  require(o.weight_decay >= 0 and o.momentum >= 0 and o.warmup_epochs >= 0,
+          'config.optim.weight_decay, momentum and warmup_epochs must be >= 0')
+  try:
+    method = methods_lib.get_method(config.method.name)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  method.validate(config)
+  _validate_eval(config)
+  return method
+
+
+def _validate_eval(config):
+  if not config.eval.attacks:
+    return
+  from jaxadv import attacks  # pylint: disable=g-import-not-at-top
+  for spec in config.eval.attacks:
+    try:
+      attacks.parse_attack(spec)
+    except ValueError as e:
+      raise ConfigError(f'config.eval.attacks: {e}') from None
+  _positive(config, 'eval.batch_size', integer=True)
+  require(config.eval.num_examples >= 0,
+          'config.eval.num_examples must be >= 0 (0 = the whole test set)')

@@ -1,0 +1,156 @@
+"""The trainer: loss goes down, resume is exact, bad input fails early,
+NaN stops without touching the last good checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+from jaxadv import checkpoint as ckpt_lib
+from jaxadv import data
+from jaxadv import parallel
+from jaxadv import train
+from jaxadv import validation
+
+
+def _setup(config):
+  ds = data.load_dataset(config.data, seed=config.seed)
+  mesh = parallel.make_mesh()
+  return ds, mesh, train.setup(config, ds, mesh)
+
+
+@pytest.mark.parametrize('model', ['mnist_cnn', 'cnn5'])
+def test_steps_lower_the_loss_on_a_fixed_batch(tiny_data_dir, model):
+  config = tiny_config(tiny_data_dir, **{'model.name': model})
+  ds, mesh, s = _setup(config)
+  fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
+                           'none')
+  images = np.repeat(ds.train_images[None, :64], 5, axis=0)
+  labels = np.repeat(ds.train_labels[None, :64], 5, axis=0)
+  g = parallel.put_local_batch((images, labels), mesh, jax.sharding.PartitionSpec(None, 'data'))
+  state, m1 = fn(s['state'], g[0][:1], g[1][:1])
+  state, m2 = fn(state, *g)
+  first = float(m1['loss'][0] / m1['loss'][1])
+  later = float(m2['loss'][0] / m2['loss'][1])
+  assert int(state.step) == 6
+  assert later < first, (first, later)
+
+
+def test_interrupted_run_resumes_to_identical_parameters(tiny_data_dir,
+                                                          tmp_path,
+                                                          monkeypatch):
+  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
+                                         'num_epochs': 2,
+                                         'steps_per_call': 3})
+  full = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  assert full['status'] == 'completed'
+
+  # SIGTERM arrives during the second chunk of the first epoch.
+  real_chunks = data.train_chunks
+  calls = {'n': 0}
+
+  def chunks_then_sigterm(*args, **kwargs):
+    for chunk in real_chunks(*args, **kwargs):
+      calls['n'] += 1
+      if calls['n'] == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield chunk
+
+  monkeypatch.setattr(data, 'train_chunks', chunks_then_sigterm)
+  part = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert part['status'].startswith('interrupted')
+  assert 0 < part['steps'] < full['steps']
+  monkeypatch.setattr(data, 'train_chunks', real_chunks)
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed['status'] == 'completed'
+  assert resumed['steps'] == full['steps']
+
+  _, _, s = _setup(config)
+  a, _ = ckpt_lib.Checkpointer(str(tmp_path / 'full' / 'checkpoints')).restore(s['state'])
+  b, _ = ckpt_lib.Checkpointer(str(tmp_path / 'resumed' / 'checkpoints')).restore(s['state'])
+  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats, a.opt_state)),
+                  jax.tree_util.tree_leaves((b.params, b.batch_stats, b.opt_state))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
+                                                             tmp_path):
+  workdir = str(tmp_path / 'nan')
+  config = tiny_config(tiny_data_dir, num_epochs=1)
+  train.train_and_evaluate(config, workdir)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  good = ckpt.latest_step()
+  ckpt.close()
+  config = tiny_config(tiny_data_dir, num_epochs=3, **{'optim.lr': 1e30})
+  with pytest.raises(train.NonFiniteError, match='last good checkpoint'):
+    train.train_and_evaluate(config, workdir)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  assert ckpt.latest_step() == good
+  _, _, s = _setup(config)
+  state, _ = ckpt.restore(s['state'])
+  assert all(bool(jnp.all(jnp.isfinite(x)))
+             for x in jax.tree_util.tree_leaves(state.params))
+
+
+@pytest.mark.parametrize('overrides,needle', [
+    ({'batch_size': 100}, 'config.batch_size=100 is not divisible by the 8 devices'),
+    ({'eval_batch_size': 12}, 'config.eval_batch_size=12'),
+    ({'model.name': 'resnet9000'}, 'valid: '),
+    ({'method.name': 'magic'}, "unknown method 'magic'"),
+    ({'optim.lr': 0.0}, 'config.optim.lr=0.0 must be a positive number'),
+    ({'optim.schedule': 'zigzag'}, 'valid: constant'),
+    ({'dtype': 'float16'}, "config.dtype='float16'"),
+    ({'data.train_fraction': 1.5}, 'config.data.train_fraction'),
+    ({'steps_per_call': 0}, 'config.steps_per_call=0'),
+])
+def test_config_validation_names_the_key(tiny_data_dir, overrides, needle):
+  config = tiny_config(tiny_data_dir, **overrides)
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_config(config, num_devices=8, num_processes=1)
+  assert needle in str(e.value)
+  assert '\n' not in str(e.value)
+
+
+def test_default_configs_validate():
+  from configs import cifar10_standard, mnist_standard  # pylint: disable=g-import-not-at-top
+  for mod in (mnist_standard, cifar10_standard):
+    validation.validate_config(mod.get_config(), num_devices=8,
+                               num_processes=1)
+
+
+def _main(args, cwd):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, os.path.join(REPO, 'main.py')] + args,
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_main_end_to_end(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  flags = ['--config', os.path.join(REPO, 'configs', 'mnist_standard.py'),
+           '--workdir', workdir, f'--config.data.data_dir={tiny_data_dir}',
+           f'--config.data.cache_dir={tmp_path}/cache',
+           '--config.num_epochs=2', '--config.batch_size=64',
+           '--config.eval_batch_size=80', '--config.progress=False']
+  out = _main(flags, REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'clean test accuracy' in out.stdout
+  results = json.load(open(os.path.join(workdir, 'results.json')))
+  assert results['status'] == 'completed'
+  assert results['test_accuracy'] > 0.5  # the tiny classes are easy
+  lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+  assert any('loss' in json.loads(l) for l in lines)
+
+  out = _main(flags + ['--mode', 'eval'], REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"{results['test_accuracy']:.4f}" in out.stdout
+
+  out = _main(flags + ['--config.optim.lr=-1'], REPO)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith('error: config.optim.lr')
