@@ -51,7 +51,7 @@ def get_config():
   c.eval_batch_size = 1000        # global eval batch (last one padded and masked)
   c.dtype = 'float32'             # compute dtype: float32 | bfloat16 (params stay float32)
   c.sync_bn = True                # BatchNorm batch statistics over the global batch (else per device)
-  c.steps_per_call = 1            # train steps fused into one jit call (lax.scan)
+  c.steps_per_call = 1            # train steps fused into one jit call (lax.scan; keep 1 on CPU)
   c.log_every = 100               # steps between metric fetches (no host sync in between)
   c.eval_every = 1                # epochs between clean test evaluations (0 = only at the end)
   c.checkpoint_every = 1          # epochs between checkpoints (the final one is always saved)
@@ -66,4 +66,12 @@ def get_config():
   c.eval.seed = 0                 # seed of the subset and of the attacks' random starts
   c.eval.batch_size = 500         # attack batch size
   c.eval.at_end = False           # run config.eval.attacks after training finishes
+
+  # Catastrophic-overfitting monitor (Wong et al.'s early stopping): every epoch,
+  # `attack` on a fixed training minibatch; a drop of more than `max_drop` below
+  # the best robust accuracy stops training and keeps the best checkpoint.
+  c.monitor = ml_collections.ConfigDict()
+  c.monitor.attack = ''           # '' = off, else an attack spec
+  c.monitor.max_drop = 0.2        # fraction (0.2 = 20 points)
+  c.monitor.num_examples = 512    # size of the fixed training minibatch
   return c

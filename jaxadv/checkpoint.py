@@ -55,6 +55,15 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return template.replace(**out['state']), dict(out['meta'] or {})
 
+  def read_meta(self, step=None):
+    """The JSON record saved with `step` (default: the latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return {}
+    out = self._mgr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))
+    return dict(out['meta'] or {})
+
   def wait(self):
     self._mgr.wait_until_finished()
 

@@ -39,7 +39,7 @@ def run(config, workdir, mode):
     if mode == 'train':
       results = train.train_and_evaluate(config, workdir)
       print(format_table(summary_rows(results)))
-      if results['status'] != 'completed':
+      if results['status'].startswith('interrupted'):
         print(f'{results["status"]}: checkpoint saved at step '
               f'{results["steps"]}; run the same command to resume.',
               file=sys.stderr)
@@ -50,6 +50,8 @@ def run(config, workdir, mode):
             ('examples', out['num_examples']),
             ('clean test accuracy', out['test_accuracy'])]
     print(format_table(rows))
+    if out.get('table'):
+      print(out['table'])
     return 0
   except (validation.ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -3,10 +3,16 @@
 Every test example is counted exactly once: the data module pads the last
 global batch and masks the padding, and sums are reduced over devices.
 """
+import json
+import os
+import time
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+import numpy as np
 
+from jaxadv import attacks
 from jaxadv import data
 from jaxadv import parallel
 from jaxadv.methods import common
@@ -51,3 +57,63 @@ def accuracy(state, images, labels, *, mesh, specs, batch_size, attack=None,
     total = out if total is None else jax.tree_util.tree_map(jnp.add, total, out)
   correct, count = (float(v) for v in parallel.fetch(total))
   return correct / max(count, 1.0), int(round(count))
+
+
+def subset(images, labels, num_examples, seed):
+  """A seeded random subset (never the first n: data may be sorted by
+  class); the whole split when num_examples is 0 or >= N."""
+  n = len(labels)
+  if not num_examples or num_examples >= n:
+    return images, labels
+  idx = np.sort(np.random.default_rng(seed).permutation(n)[:num_examples])
+  return images[idx], labels[idx]
+
+
+def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
+                batch_size, num_examples=0, seed=0):
+  """Accuracy under each attack spec; one record per attack.
+
+  Each record: the spec's resolved settings (attack, norm, eps in pixel
+  scale, steps, step_size, restarts, loss, target) plus name, seed,
+  num_examples, accuracy and seconds.
+  """
+  images, labels = subset(images, labels, num_examples, seed)
+  records = []
+  for spec_text in attack_specs:
+    spec = attacks.parse_attack(spec_text)
+    fn = None if spec.name == 'clean' else attacks.make_attack(spec)
+    t0 = time.time()
+    acc, n = accuracy(state, images, labels, mesh=mesh, specs=specs,
+                      batch_size=batch_size, attack=fn, seed=seed)
+    records.append({'name': str(spec), **spec.describe(), 'seed': seed,
+                    'num_examples': n, 'accuracy': acc,
+                    'seconds': time.time() - t0})
+  return records
+
+
+def markdown_table(records, columns=('name', 'norm', 'eps', 'steps',
+                                     'step_size', 'restarts', 'loss',
+                                     'num_examples', 'accuracy')):
+  """Markdown table of eval records (accuracy in percent)."""
+  def fmt(key, v):
+    if key == 'accuracy':
+      return f'{100 * v:.2f}%'
+    if isinstance(v, float):
+      return f'{v:.4g}'
+    return '' if v is None else str(v)
+  lines = ['| ' + ' | '.join(columns) + ' |',
+           '|' + '|'.join('---' for _ in columns) + '|']
+  lines += ['| ' + ' | '.join(fmt(c, r.get(c)) for c in columns) + ' |'
+            for r in records]
+  return '\n'.join(lines)
+
+
+def write_report(records, workdir, name='eval'):
+  """Writes <workdir>/<name>.json and <name>.md; returns the markdown."""
+  table = markdown_table(records)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'{name}.json'), 'w') as f:
+      json.dump(records, f, indent=2)
+    with open(os.path.join(workdir, f'{name}.md'), 'w') as f:
+      f.write(table + '\n')
+  return table

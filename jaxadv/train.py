@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from jaxadv import attacks
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import data
 from jaxadv import evaluate
@@ -33,6 +34,14 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 class NonFiniteError(RuntimeError):
   """Training produced NaN or Inf; the last good checkpoint is untouched."""
+
+
+def load_data(config):
+  """The config's dataset; bad data keys become one-line ConfigErrors."""
+  try:
+    return data.load_dataset(config.data, seed=config.seed)
+  except ValueError as e:
+    raise validation.ConfigError(str(e)) from None
 
 
 def build_model(config, ds, axis_name=None):
@@ -52,12 +61,11 @@ def setup(config, ds, mesh):
   """
   method = methods_lib.get_method(config.method.name)
   model = build_model(config, ds, axis_name=parallel.AXIS)
-  steps_per_epoch = data.steps_per_epoch(len(ds.train_labels),
-                                         config.batch_size)
-  if steps_per_epoch < 1:
-    raise validation.ConfigError(
-        f'config.batch_size={config.batch_size} exceeds the '
-        f'{len(ds.train_labels)} training examples; lower it')
+  try:
+    steps_per_epoch = data.steps_per_epoch(len(ds.train_labels),
+                                           config.batch_size)
+  except ValueError as e:
+    raise validation.ConfigError(str(e)) from None
   upb = methods_lib.updates_per_batch(method, config)
   total_batches = max(int(round(config.num_epochs * steps_per_epoch)), 1)
   tx, schedule = optim.make_optimizer(config.optim, total_batches * upb,
@@ -95,6 +103,10 @@ def make_train_fn(config, model, method, mesh, specs, augment_kind):
       x = data.augment(aug_rng, img, augment_kind)
       state, metrics = train_step(state, {'image': x, 'label': lbl}, step_rng)
       return state, jax.lax.psum(metrics, parallel.AXIS)
+    if images.shape[0] == 1:
+      # No loop for a single step: XLA:CPU runs weight-gradient convolutions
+      # inside while loops some 40x slower than outside (bench/RESULTS.md).
+      return body(state, (images[0], labels[0]))
     state, metrics = jax.lax.scan(body, state, (images, labels))
     return state, jax.tree_util.tree_map(lambda m: m.sum(0), metrics)
 
@@ -102,6 +114,47 @@ def make_train_fn(config, model, method, mesh, specs, augment_kind):
   fn = jax.shard_map(chunk, mesh=mesh, in_specs=(specs, batch, batch),
                      out_specs=(specs, P()))
   return jax.jit(fn, donate_argnums=0)
+
+
+class OverfitMonitor:
+  """Wong et al.'s catastrophic-overfitting check, for any method.
+
+  Every epoch: accuracy under `config.monitor.attack` on a fixed training
+  minibatch. The best state is kept in <workdir>/best; a fall of more than
+  `max_drop` below the best asks the trainer to stop.
+  """
+
+  def __init__(self, config, ds, mesh, specs, workdir):
+    m = config.monitor
+    n = min(m.num_examples, len(ds.train_labels))
+    idx = np.sort(np.random.default_rng([config.seed, 7]).permutation(
+        len(ds.train_labels))[:n])
+    self.images, self.labels = ds.train_images[idx], ds.train_labels[idx]
+    ndev = mesh.devices.size
+    self.batch_size = -(-n // ndev) * ndev
+    self.mesh, self.specs, self.max_drop = mesh, specs, m.max_drop
+    self.acc_fn = evaluate.make_accuracy_fn(
+        mesh, specs, attacks.make_attack(m.attack))
+    self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'best'), 1)
+    self.best = -1.0
+    if self.ckpt.latest_step() is not None:
+      self.best = self.ckpt.read_meta().get('robust_accuracy', -1.0)
+
+  def update(self, state, epoch):
+    """Returns (robust accuracy, True if training should stop)."""
+    acc, _ = evaluate.accuracy(state, self.images, self.labels,
+                               mesh=self.mesh, specs=self.specs,
+                               batch_size=self.batch_size,
+                               accuracy_fn=self.acc_fn)
+    if acc > self.best:
+      self.best = acc
+      self.ckpt.save(int(state.step), state,
+                     {'robust_accuracy': acc, 'epoch': epoch})
+      self.ckpt.wait()
+    return acc, acc < self.best - self.max_drop
+
+  def best_state(self, template):
+    return self.ckpt.restore(template)[0]
 
 
 def _finalize(metrics):
@@ -150,7 +203,7 @@ def train_and_evaluate(config, workdir):
   del method
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  ds = data.load_dataset(config.data, seed=config.seed)
+  ds = load_data(config)
   mesh = parallel.make_mesh()
   s = setup(config, ds, mesh)
   state, specs = s['state'], s['specs']
@@ -171,23 +224,29 @@ def train_and_evaluate(config, workdir):
   jsonl = progress_lib.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
                                    is_main)
   bar = progress_lib.Progress(total, batches_done, config.progress and is_main)
+  status = 'completed'
+  monitor = (OverfitMonitor(config, ds, mesh, specs, workdir)
+             if config.monitor.attack else None)
+  if monitor is not None and ckpt.latest_step() is not None and (
+      ckpt.read_meta().get('early_stopped')):
+    batches_done = total  # finished by early stopping: nothing to resume
+    status = 'early-stopped (in an earlier run; the best state was kept)'
   pidx, pcount = jax.process_index(), jax.process_count()
-  n_train = len(ds.train_labels)
 
   def test_accuracy(st):
     return evaluate.accuracy(st, ds.test_images, ds.test_labels, mesh=mesh,
                              specs=specs, batch_size=config.eval_batch_size,
                              accuracy_fn=acc_fn)[0]
 
-  def save(st, good_metrics=True):
-    if not good_metrics or not _all_finite(st):
+  def save(st, **meta):
+    if not _all_finite(st):
       raise NonFiniteError(_nonfinite_msg(st, ckpt))
     ckpt.save(int(st.step), st, {'batches_done': int(st.step) // upb,
-                                 'epoch': int(st.step) // upb / spe})
+                                 'epoch': int(st.step) // upb / spe, **meta})
 
   pending, last_log = None, batches_done
   t_steady, steady_from = None, None
-  status, history = 'completed', []
+  history = []
   with _stop_on_signals() as stop:
     while batches_done < total and stop['signal'] is None:
       epoch, offset = divmod(batches_done, spe)
@@ -223,6 +282,20 @@ def train_and_evaluate(config, workdir):
         jsonl.write(record)
         logging.info('epoch %d: test accuracy %.4f', finished_epoch,
                      record['test_accuracy'])
+      if monitor is not None:
+        record['monitor_accuracy'], overfit = monitor.update(
+            state, finished_epoch)
+        jsonl.write(record)
+        if overfit:
+          status = (f'early-stopped at epoch {finished_epoch}: monitor '
+                    f'accuracy {record["monitor_accuracy"]:.4f} fell more '
+                    f'than {config.monitor.max_drop} below its best '
+                    f'{monitor.best:.4f} (catastrophic overfitting); the best '
+                    'state is kept')
+          logging.warning(status)
+          state = monitor.best_state(state).replace(step=state.step)
+          history.append(record)
+          break
       history.append(record)
       if batches_done < total and config.checkpoint_every and (
           finished_epoch % config.checkpoint_every == 0):
@@ -233,7 +306,8 @@ def train_and_evaluate(config, workdir):
            config)
     if stop['signal'] is not None:
       status = f'interrupted ({stop["signal"]})'
-    save(state)
+    if ckpt.latest_step() != int(state.step):
+      save(state, early_stopped=status.startswith('early-stopped'))
     ckpt.wait()
 
   t_end = time.time()
@@ -256,10 +330,17 @@ def train_and_evaluate(config, workdir):
       'history': history,
       'config': json.loads(config.to_json_best_effort()),
   }
-  if status == 'completed':
+  if not status.startswith('interrupted'):
     last = history[-1] if history else {}
-    results['test_accuracy'] = last.get('test_accuracy') or test_accuracy(
-        state)
+    results['test_accuracy'] = (last['test_accuracy'] if 'test_accuracy' in
+                                last and status == 'completed' else
+                                test_accuracy(state))
+    if config.eval.at_end and config.eval.attacks:
+      results['robust'] = evaluate.run_attacks(
+          state, ds.test_images, ds.test_labels, config.eval.attacks,
+          mesh=mesh, specs=specs, batch_size=config.eval.batch_size,
+          num_examples=config.eval.num_examples, seed=config.eval.seed)
+      evaluate.write_report(results['robust'], workdir)
   if is_main:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
@@ -297,7 +378,7 @@ def evaluate_checkpoint(config, workdir):
   if config.distributed:
     jax.distributed.initialize()
   validation.validate_config(config)
-  ds = data.load_dataset(config.data, seed=config.seed)
+  ds = load_data(config)
   mesh = parallel.make_mesh()
   s = setup(config, ds, mesh)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -311,5 +392,12 @@ def evaluate_checkpoint(config, workdir):
   acc, n = evaluate.accuracy(state, ds.test_images, ds.test_labels, mesh=mesh,
                              specs=s['specs'],
                              batch_size=config.eval_batch_size)
-  return {'step': int(state.step), 'test_accuracy': acc, 'num_examples': n,
-          'state': state, 'specs': s['specs'], 'mesh': mesh, 'dataset': ds}
+  out = {'step': int(state.step), 'test_accuracy': acc, 'num_examples': n,
+         'robust': []}
+  if config.eval.attacks:
+    out['robust'] = evaluate.run_attacks(
+        state, ds.test_images, ds.test_labels, config.eval.attacks,
+        mesh=mesh, specs=s['specs'], batch_size=config.eval.batch_size,
+        num_examples=config.eval.num_examples, seed=config.eval.seed)
+    out['table'] = evaluate.write_report(out['robust'], workdir)
+  return out
