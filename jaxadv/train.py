@@ -111,8 +111,11 @@ def make_train_fn(config, model, method, mesh, specs, augment_kind):
     return state, jax.tree_util.tree_map(lambda m: m.sum(0), metrics)
 
   batch = P(None, parallel.AXIS)
+  # check_vma=False: gradients w.r.t. the replicated parameters are local
+  # gradients that the method averages explicitly (common.apply_update);
+  # with varying-axis typing JAX would instead psum them implicitly.
   fn = jax.shard_map(chunk, mesh=mesh, in_specs=(specs, batch, batch),
-                     out_specs=(specs, P()))
+                     out_specs=(specs, P()), check_vma=False)
   return jax.jit(fn, donate_argnums=0)
 
 
@@ -203,6 +206,9 @@ def train_and_evaluate(config, workdir):
   del method
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  if is_main:  # lets eval/transfer tools rebuild the model from the workdir
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   ds = load_data(config)
   mesh = parallel.make_mesh()
   s = setup(config, ds, mesh)

@@ -17,6 +17,9 @@ import importlib
 
 METHODS = {
     'standard': 'jaxadv.methods.standard',
+    'pgd': 'jaxadv.methods.pgd',
+    'free': 'jaxadv.methods.free',
+    'fast': 'jaxadv.methods.fast',
 }
 
 

@@ -67,3 +67,117 @@ def summed(values, mask=None):
 
 def correct(logits, labels):
   return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# Adversarial training on crafted inputs (pgd, fast) and method-key checks.
+
+def attack_logits_fn(state, params=None, *, bn='eval', adv=False):
+  """`x -> logits` closure for crafting a training attack.
+
+  bn='eval': BatchNorm with running statistics (as `logits_fn`).
+  bn='train': BatchNorm with the batch statistics of the attacked batch, as
+  PyTorch reference implementations craft under model.train(); the
+  running-statistics updates of these passes are discarded (only the
+  method's training pass updates them). Examples then interact through the
+  batch statistics, as they do in those implementations.
+  """
+  if bn == 'eval':
+    return logits_fn(state, params, adv=adv)
+  return lambda x: forward(state, params, x, train=True, adv=adv)[0]
+
+
+def adversarial_train_step(state, batch, rng, *, adversarial_examples,
+                           clean_weight, axis_name):
+  """One update on (1 - w) CE(x_adv) + w CE(x), w = clean_weight (static).
+
+  adversarial_examples(state, x, y, rng) -> x_adv (b, H, W, C) in [0, 1]
+  (a stop_gradient'ed constant). Adversarial passes use the adversarial
+  BatchNorm set where the model has one (dual_bn); with w > 0 the clean pass
+  runs first and the adversarial pass continues from its statistics, as
+  two consecutive train-mode passes do in PyTorch.
+  Returns (state, metrics): 'loss' (the trained loss), 'adv_accuracy' on
+  x_adv, and 'accuracy' on x when w > 0 (the clean logits exist then).
+  """
+  x, y = batch['image'], batch['label']
+  x_adv = adversarial_examples(state, x, y, rng)
+
+  def loss_fn(params):
+    st, stats, out = state, {}, {}
+    if clean_weight > 0:
+      logits, stats = forward(st, params, x, train=True)
+      out['clean_logits'] = logits
+      out['clean_loss'] = cross_entropy(logits, y)
+      st = st.replace(**stats)
+    logits, adv_stats = forward(st, params, x_adv, train=True, adv=True)
+    loss = (1.0 - clean_weight) * cross_entropy(logits, y)
+    if clean_weight > 0:
+      loss = loss + clean_weight * out['clean_loss']
+    return loss.mean(), (loss, logits, {**stats, **adv_stats}, out)
+
+  grads, (loss, logits, stats, out) = jax.grad(loss_fn, has_aux=True)(
+      state.params)
+  state = apply_update(state, grads, stats, axis_name)
+  metrics = {'loss': summed(loss),
+             'adv_accuracy': summed(correct(logits, y))}
+  if clean_weight > 0:
+    metrics['accuracy'] = summed(correct(out['clean_logits'], y))
+  return state, metrics
+
+
+def method_value(config, key, default=None):
+  """config.method[key], or `default` when the key is absent or None."""
+  value = config.method.get(key, None)
+  return default if value is None else value
+
+
+def _error(msg):
+  from jaxadv import validation  # pylint: disable=g-import-not-at-top
+  raise validation.ConfigError(msg)
+
+
+def _is_number(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_method_keys(config, allowed):
+  """Unknown keys beside config.method.name (typos such as 'step') fail."""
+  unknown = sorted(set(config.method.keys()) - set(allowed) - {'name'})
+  if unknown:
+    _error(f"config.method.{unknown[0]} is not a key of method "
+           f"'{config.method.name}'; valid: {', '.join(sorted(allowed))}")
+
+
+def check_eps(config, norm='linf'):
+  """eps: required, > 0, pixel scale (<= 1 for linf)."""
+  eps = method_value(config, 'eps')
+  if not _is_number(eps) or eps <= 0:
+    _error(f'config.method.eps={eps!r} must be > 0 (pixel scale, e.g. 8/255)')
+  if norm == 'linf' and eps > 1:
+    _error(f'config.method.eps={eps!r} must be <= 1 for norm=linf (pixel '
+           'scale: 8/255, not 8)')
+
+
+def check_positive(config, key, integer=False, required=False):
+  """config.method[key] > 0 (an int if `integer`); absent/None is allowed
+  unless `required`."""
+  v = method_value(config, key)
+  if v is None and not required:
+    return
+  ok = isinstance(v, int) if integer else _is_number(v)
+  if not ok or isinstance(v, bool) or v <= 0:
+    _error(f'config.method.{key}={v!r} must be a positive '
+           f'{"integer" if integer else "number"}')
+
+
+def check_choice(config, key, choices, default):
+  v = method_value(config, key, default)
+  if v not in choices:
+    _error(f'config.method.{key}={v!r}; valid: '
+           f'{", ".join(str(c) for c in choices)}')
+
+
+def check_fraction(config, key):
+  v = method_value(config, key, 0.0)
+  if not _is_number(v) or not 0.0 <= v <= 1.0:
+    _error(f'config.method.{key}={v!r} must be in [0, 1]')

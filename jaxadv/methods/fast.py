@@ -1,0 +1,73 @@
+"""Fast adversarial training: FGSM from a random start (Wong et al. 2020,
+"Fast is better than free"; L2 form: Goodwin et al. 2020).
+
+L-inf: delta ~ U[-eps, eps]^d, one step alpha * sign(g), clamp delta to
+[-eps, eps] and x + delta to [0, 1]. L2: delta uniform in the L2 ball, one
+step alpha * g / |g|_2, renormalize onto the ball, clamp to [0, 1].
+Then one training step on x + delta: two forward/backward passes per step.
+
+Method keys (config.method):
+  eps           radius, pixel scale (8/255, 0.3; L2 e.g. 1.0).
+  step_size     alpha (default 1.25 * eps for linf, 1.5 * eps for l2).
+  norm          'linf' | 'l2' (default 'linf').
+  clean_weight  w in (1 - w) CE(x_adv) + w CE(x) (default 0).
+  attack_bn     'train' | 'eval' BatchNorm while crafting (default 'train',
+                as Wong et al.'s code; statistics updates discarded).
+"""
+import functools
+
+from jaxadv import attacks
+from jaxadv.methods import common
+
+KEYS = ('eps', 'step_size', 'norm', 'clean_weight', 'attack_bn')
+DEFAULT_ALPHA = {'linf': 1.25, 'l2': 1.5}  # step_size / eps
+
+
+def validate(config):
+  """Raises validation.ConfigError naming the first bad method key."""
+  common.check_method_keys(config, KEYS)
+  common.check_choice(config, 'norm', attacks.NORMS, 'linf')
+  common.check_eps(config, common.method_value(config, 'norm', 'linf'))
+  common.check_positive(config, 'step_size')
+  common.check_fraction(config, 'clean_weight')
+  common.check_choice(config, 'attack_bn', ('train', 'eval'), 'train')
+
+
+def settings(config):
+  """Resolved method keys as a dict (defaults filled in)."""
+  v = functools.partial(common.method_value, config)
+  eps, norm = float(v('eps')), v('norm', 'linf')
+  return dict(eps=eps, norm=norm,
+              step_size=float(v('step_size', DEFAULT_ALPHA[norm] * eps)),
+              clean_weight=float(v('clean_weight', 0.0)),
+              attack_bn=v('attack_bn', 'train'))
+
+
+def adversarial_examples(state, x, y, rng, config):
+  """The FGSM-RS inputs the step trains on.
+
+  x: float (b, H, W, C) in [0, 1]; y: int (b,); rng: the step's key.
+  Returns stop_gradient(x_adv), same shape, in [0, 1] and the eps ball of x.
+  """
+  s = settings(config)
+  logits_fn = common.attack_logits_fn(state, bn=s['attack_bn'], adv=True)
+  return attacks.fgsm_rs(logits_fn, rng, x, y, eps=s['eps'],
+                         alpha=s['step_size'], norm=s['norm'])
+
+
+def make_train_step(config, model, axis_name=None):
+  """Returns train_step(state, batch, rng) -> (state, metrics).
+
+  batch: {'image': float (b, H, W, C) in [0, 1], 'label': int (b,)}.
+  metrics: 'loss', 'adv_accuracy' (+ clean 'accuracy' if clean_weight > 0).
+  """
+  del model
+  attack = functools.partial(adversarial_examples, config=config)
+  clean_weight = settings(config)['clean_weight']
+
+  def train_step(state, batch, rng):
+    return common.adversarial_train_step(
+        state, batch, rng, adversarial_examples=attack,
+        clean_weight=clean_weight, axis_name=axis_name)
+
+  return train_step

@@ -1,0 +1,78 @@
+"""PGD adversarial training (Madry et al. 2018): train on K-step PGD inputs.
+
+Method keys (config.method):
+  eps           ball radius, pixel scale (L-inf 8/255 or 0.3; L2 e.g. 1.0).
+  steps         K, PGD steps per training step (lax.fori_loop: compile size
+                does not grow with K).
+  step_size     alpha per step (default 2.5 * eps / K, Madry et al.).
+  norm          'linf' | 'l2' (default 'linf').
+  random_start  start uniform in the eps ball (default True).
+  clean_weight  w in (1 - w) CE(x_adv) + w CE(x) (default 0; GREAT's
+                baseline uses 0.5).
+  attack_bn     BatchNorm while crafting: 'train' (batch statistics, as the
+                PyTorch references under model.train(); their running-
+                statistics updates are discarded) or 'eval' (default 'train').
+Cost: K + 1 forward/backward passes per step.
+"""
+import functools
+
+from jaxadv import attacks
+from jaxadv.methods import common
+
+KEYS = ('eps', 'steps', 'step_size', 'norm', 'random_start', 'clean_weight',
+        'attack_bn')
+
+
+def validate(config):
+  """Raises validation.ConfigError naming the first bad method key."""
+  common.check_method_keys(config, KEYS)
+  common.check_choice(config, 'norm', attacks.NORMS, 'linf')
+  common.check_eps(config, common.method_value(config, 'norm', 'linf'))
+  common.check_positive(config, 'steps', integer=True, required=True)
+  common.check_positive(config, 'step_size')
+  common.check_choice(config, 'random_start', (True, False), True)
+  common.check_fraction(config, 'clean_weight')
+  common.check_choice(config, 'attack_bn', ('train', 'eval'), 'train')
+
+
+def settings(config):
+  """Resolved method keys as a dict (defaults filled in)."""
+  v = functools.partial(common.method_value, config)
+  eps, steps = float(v('eps')), int(v('steps'))
+  return dict(eps=eps, steps=steps,
+              step_size=float(v('step_size', 2.5 * eps / steps)),
+              norm=v('norm', 'linf'), random_start=bool(v('random_start', True)),
+              clean_weight=float(v('clean_weight', 0.0)),
+              attack_bn=v('attack_bn', 'train'))
+
+
+def adversarial_examples(state, x, y, rng, config):
+  """The PGD inputs the step trains on.
+
+  x: float (b, H, W, C) in [0, 1]; y: int (b,); rng: the step's key.
+  Returns stop_gradient(x_adv), same shape, in [0, 1] and the eps ball of x.
+  """
+  s = settings(config)
+  logits_fn = common.attack_logits_fn(state, bn=s['attack_bn'], adv=True)
+  return attacks.pgd(logits_fn, rng, x, y, eps=s['eps'], steps=s['steps'],
+                     step_size=s['step_size'], norm=s['norm'],
+                     random_start=s['random_start'])
+
+
+def make_train_step(config, model, axis_name=None):
+  """Returns train_step(state, batch, rng) -> (state, metrics).
+
+  batch: {'image': float (b, H, W, C) in [0, 1], 'label': int (b,)}.
+  metrics: 'loss', 'adv_accuracy' (+ clean 'accuracy' if clean_weight > 0),
+  each (sum, count) over the local batch.
+  """
+  del model
+  attack = functools.partial(adversarial_examples, config=config)
+  clean_weight = settings(config)['clean_weight']
+
+  def train_step(state, batch, rng):
+    return common.adversarial_train_step(
+        state, batch, rng, adversarial_examples=attack,
+        clean_weight=clean_weight, axis_name=axis_name)
+
+  return train_step
