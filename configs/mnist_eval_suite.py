@@ -15,7 +15,11 @@ Expected for a standard (non-robust) model: ~99% clean and close to 0% under
 every multi-step attack at eps = 0.3 (FGSM leaves a few percent more); a
 robust model (configs/mnist_pgd.py) should keep ~89-92% under PGD-40 with
 APGD-T a few points lower (Madry et al. 2018; Croce & Hein 2020).
-Measured on a 2-core CPU: see README.md.
+Measured (runs/mnist_standard, 99.31% clean on all 10,000; shared 2-core
+CPU, --config.eval.num_examples=100): clean 99%, FGSM 6%, PGD-40 / PGD-100x10
+/ CW-100 / APGD-CE / APGD-T all 0%, no sanity warnings, 545 s wall. The
+attacks cost ~5.4 s per example here (PGD-100x10 and APGD-T ~85% of it), so
+the full 1000 take ~1.5 h on such a CPU and minutes on an accelerator.
 """
 from configs import mnist_standard
 

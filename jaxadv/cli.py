@@ -2,6 +2,7 @@
 one-line messages and exit codes."""
 import sys
 
+from jaxadv import evaluate
 from jaxadv import train
 from jaxadv import validation
 
@@ -39,6 +40,8 @@ def run(config, workdir, mode):
     if mode == 'train':
       results = train.train_and_evaluate(config, workdir)
       print(format_table(summary_rows(results)))
+      if results.get('robust'):
+        print(evaluate.warnings_markdown(results.get('warnings', [])))
       if results['status'].startswith('interrupted'):
         print(f'{results["status"]}: checkpoint saved at step '
               f'{results["steps"]}; run the same command to resume.',

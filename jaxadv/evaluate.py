@@ -1,7 +1,14 @@
-"""Clean and robust accuracy with exact (sum, count) averaging.
+"""Clean and robust accuracy with exact (sum, count) averaging, eval reports,
+sanity flags against gradient masking, and loading trained workdirs.
 
 Every test example is counted exactly once: the data module pads the last
 global batch and masks the padding, and sums are reduced over devices.
+
+Records (one dict per evaluated attack) carry the attack's resolved settings
+(`AttackSpec.describe()`: attack, norm, eps in pixel scale, steps, step_size,
+restarts, loss, target) plus name, seed, num_examples, accuracy (in [0, 1])
+and seconds. Records of several models also carry `model` (the evaluated
+model) and, for black-box transfer, `source` (the model the attack ran on).
 """
 import json
 import os
@@ -10,53 +17,115 @@ import time
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+import ml_collections
 import numpy as np
 
 from jaxadv import attacks
+from jaxadv import checkpoint as ckpt_lib
 from jaxadv import data
 from jaxadv import parallel
 from jaxadv.methods import common
+
+# Single-step attacks: a multi-step attack at the same norm and eps must be
+# at least as strong, else gradients are masked (Athalye et al. 2018).
+SINGLE_STEP = ('fgsm', 'fgsm_rs')
+MULTI_STEP = ('ifgsm', 'bim', 'pgd', 'cw', 'apgd', 'apgd_ce', 'apgd_dlr',
+              'apgd_t')
 
 
 def make_accuracy_fn(mesh, specs, attack=None):
   """jit(shard_map) of one eval batch -> (num_correct, num_counted).
 
-  attack: None for clean accuracy, else fn(logits_fn, rng, x, y) -> x_adv
-  run against the model in inference mode (no statistics updated).
+  attack: None for clean accuracy, else fn(logits_fn, rng, x, y, *args) ->
+  x_adv run against the model in inference mode (no statistics updated);
+  `args` (e.g. a traced eps) are replicated arguments of the returned
+  fn(state, images, labels, mask, rng, *args).
   """
-  def batch_accuracy(state, images, labels, mask, rng):
+  def batch_accuracy(state, images, labels, mask, rng, *args):
     x = data.to_float(images)
     if attack is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
-      x = attack(common.logits_fn(state), rng, x, labels)
+      x = attack(common.logits_fn(state), rng, x, labels, *args)
     logits = common.logits_fn(state)(x)
     ok = common.correct(logits, labels)
     return jax.lax.psum(common.summed(ok, mask), parallel.AXIS)
 
   b = P(parallel.AXIS)
-  fn = jax.shard_map(batch_accuracy, mesh=mesh,
-                     in_specs=(specs, b, b, b, P()), out_specs=P())
+
+  # check_vma=False: attacks start lax.scan carries from device-invariant
+  # constants (restarts, APGD-T's targets), which the varying-axis type check
+  # rejects inside shard_map; the psum makes the output replicated anyway.
+  def fn(state, images, labels, mask, rng, *args):
+    inner = jax.shard_map(
+        batch_accuracy, mesh=mesh,
+        in_specs=(specs, b, b, b, P()) + (P(),) * len(args), out_specs=P(),
+        check_vma=False)
+    return inner(state, images, labels, mask, rng, *args)
   return jax.jit(fn)
 
 
+def _global_batches(images, labels, batch_size, mesh):
+  """(index, (images, labels, mask) on the mesh) per global eval batch.
+
+  Fewer examples than `batch_size` make one batch of just enough rows (a
+  multiple of the device count): padding rows cost a full attack each.
+  """
+  pidx, pcount = jax.process_index(), jax.process_count()
+  ndev = mesh.devices.size
+  batch_size = min(batch_size, max(-(-len(labels) // ndev) * ndev, ndev))
+  for i, batch in enumerate(data.eval_batches(
+      images, labels, batch_size, process_index=pidx, process_count=pcount)):
+    yield i, parallel.put_local_batch(
+        (batch['image'], batch['label'], batch['mask']), mesh,
+        P(parallel.AXIS))
+
+
 def accuracy(state, images, labels, *, mesh, specs, batch_size, attack=None,
-             seed=0, accuracy_fn=None):
-  """Accuracy of `state` on uint8 images (N, H, W, C), all N counted once.
+             seed=0, accuracy_fn=None, attack_args=()):
+  """Accuracy of `state` on images (N, H, W, C), all N counted once.
+
+  images: uint8 0..255 or float pixels in [0, 1] (e.g. adversarial
+  examples). Batch i attacks with key fold_in(PRNGKey(seed), i), folded with
+  the device index. attack_args: extra replicated arguments of the attack
+  (see make_accuracy_fn).
 
   Returns (accuracy in [0, 1], number of examples).
   """
   fn = accuracy_fn or make_accuracy_fn(mesh, specs, attack)
-  pidx, pcount = jax.process_index(), jax.process_count()
   total = None
-  for i, batch in enumerate(data.eval_batches(
-      images, labels, batch_size, process_index=pidx, process_count=pcount)):
-    g = parallel.put_local_batch(
-        (batch['image'], batch['label'], batch['mask']), mesh, P(parallel.AXIS))
+  for i, g in _global_batches(images, labels, batch_size, mesh):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-    out = fn(state, *g, rng)
+    out = fn(state, *g, rng, *attack_args)
     total = out if total is None else jax.tree_util.tree_map(jnp.add, total, out)
   correct, count = (float(v) for v in parallel.fetch(total))
   return correct / max(count, 1.0), int(round(count))
+
+
+def adversarial_examples(state, images, labels, attack, *, mesh, specs,
+                         batch_size, seed=0):
+  """x_adv = attack(model of `state`) for every example, float32 (N, H, W, C)
+  in [0, 1], in the order of `images`.
+
+  Batches and keys are those of `accuracy(..., attack=attack, seed=seed)`,
+  so evaluating x_adv on `state` reproduces that white-box accuracy.
+  """
+  def batch_attack(state, images, labels, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
+    return attack(common.logits_fn(state), rng, data.to_float(images), labels)
+
+  b = P(parallel.AXIS)
+  fn = jax.jit(jax.shard_map(batch_attack, mesh=mesh,  # check_vma: see
+                             in_specs=(specs, b, b, P()),  # make_accuracy_fn
+                             out_specs=b, check_vma=False))
+  out = []
+  for i, (img, lbl, mask) in _global_batches(images, labels, batch_size, mesh):
+    x_adv = fn(state, img, lbl, jax.random.fold_in(jax.random.PRNGKey(seed), i))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      x_adv, mask = multihost_utils.process_allgather((x_adv, mask), tiled=True)
+    x_adv, mask = np.asarray(x_adv), np.asarray(mask)
+    out.append(x_adv[mask])  # padding rows only ever follow the real ones
+  return np.concatenate(out).astype(np.float32)
 
 
 def subset(images, labels, num_examples, seed):
@@ -69,14 +138,17 @@ def subset(images, labels, num_examples, seed):
   return images[idx], labels[idx]
 
 
+def record(spec, accuracy_value, num_examples, seed, seconds, **extra):
+  """One eval record for an AttackSpec (see the module docstring)."""
+  return {'name': str(spec), **spec.describe(), 'seed': seed,
+          'num_examples': num_examples, 'accuracy': accuracy_value,
+          'seconds': seconds, **extra}
+
+
 def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
                 batch_size, num_examples=0, seed=0):
-  """Accuracy under each attack spec; one record per attack.
-
-  Each record: the spec's resolved settings (attack, norm, eps in pixel
-  scale, steps, step_size, restarts, loss, target) plus name, seed,
-  num_examples, accuracy and seconds.
-  """
+  """Accuracy under each attack spec on the same seeded subset; one record
+  per attack (see the module docstring). 'clean' is a valid spec."""
   images, labels = subset(images, labels, num_examples, seed)
   records = []
   for spec_text in attack_specs:
@@ -85,10 +157,111 @@ def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
     t0 = time.time()
     acc, n = accuracy(state, images, labels, mesh=mesh, specs=specs,
                       batch_size=batch_size, attack=fn, seed=seed)
-    records.append({'name': str(spec), **spec.describe(), 'seed': seed,
-                    'num_examples': n, 'accuracy': acc,
-                    'seconds': time.time() - t0})
+    records.append(record(spec, acc, n, seed, time.time() - t0))
   return records
+
+
+# ----------------------------------------------------------------------------
+# Sanity flags.
+
+
+def _pct(r):
+  return f'{100 * r["accuracy"]:.2f}%'
+
+
+def _slack(*records):
+  """One example's worth of accuracy: differences within it are noise."""
+  n = min(max(int(r.get('num_examples') or 1), 1) for r in records)
+  return 1.0 / n + 1e-9
+
+
+def _whitebox(records):
+  return [r for r in records
+          if r.get('source') is None or r.get('source') == r.get('model')]
+
+
+def _model_note(r):
+  return f' on {r["model"]}' if r.get('model') is not None else ''
+
+
+def sanity_flags(records):
+  """Warnings (strings) about results that point to gradient masking.
+
+  Differences of at most one example's worth are ignored. Rules:
+    1. a single-step attack (FGSM family) leaves a lower accuracy than a
+       multi-step one (PGD, APGD, CW, ...) of the same model, norm and eps;
+    2. more steps or restarts of the same attack, norm, eps, loss and target
+       rule leave a higher accuracy;
+    3. a black-box (transfer) attack on a model leaves a lower accuracy than
+       the same attack run white-box on that model (off-diagonal < diagonal);
+    4. a larger eps of the same attack settings leaves a higher accuracy.
+  Untargeted comparisons (1) skip attacks with a target rule (random/worst).
+  """
+  warnings = []
+  wb = _whitebox(records)
+  for a in wb:
+    if a.get('attack') not in SINGLE_STEP or a.get('target') in attacks.TARGETS:
+      continue
+    for b in wb:
+      if (b.get('attack') in MULTI_STEP and b.get('model') == a.get('model')
+          and b.get('norm') == a.get('norm') and b.get('eps') == a.get('eps')
+          and b.get('target') not in attacks.TARGETS
+          and a['accuracy'] < b['accuracy'] - _slack(a, b)):
+        warnings.append(
+            f'single-step {a["name"]} ({_pct(a)}) is stronger than multi-step '
+            f'{b["name"]} ({_pct(b)}){_model_note(a)} at {a["norm"]} '
+            f'eps={a["eps"]:.4g}: gradient masking? (the multi-step attack '
+            'is failing)')
+
+  def same(a, b, keys):
+    return all(a.get(k) == b.get(k) for k in keys)
+
+  family = ('model', 'attack', 'norm', 'eps', 'loss', 'target')
+  for a in wb:
+    for b in wb:
+      if a is b or a.get('attack') == 'clean' or not same(a, b, family):
+        continue
+      more = (b.get('steps', 0) >= a.get('steps', 0) and
+              b.get('restarts', 1) >= a.get('restarts', 1) and
+              (b.get('steps'), b.get('restarts')) != (a.get('steps'),
+                                                     a.get('restarts')))
+      if more and b['accuracy'] > a['accuracy'] + _slack(a, b):
+        warnings.append(
+            f'{b["name"]} ({_pct(b)}, {b.get("steps")} steps x '
+            f'{b.get("restarts")} restarts) leaves a higher accuracy than '
+            f'{a["name"]} ({_pct(a)}, {a.get("steps")} x {a.get("restarts")})'
+            f'{_model_note(a)}: more steps/restarts should not help the '
+            'model (randomness or a broken attack?)')
+
+  for r in records:
+    if r.get('source') is None or r.get('source') == r.get('model'):
+      continue
+    for d in records:
+      if (d.get('source') == d.get('model') == r.get('model')
+          and d.get('name') == r.get('name')
+          and r['accuracy'] < d['accuracy'] - _slack(r, d)):
+        warnings.append(
+            f'black-box {r["name"]} transferred from {r["source"]} leaves '
+            f'{r["model"]} at {_pct(r)}, below its white-box accuracy '
+            f'{_pct(d)} under the same attack: the white-box attack on '
+            f'{r["model"]} is failing (gradient masking?)')
+
+  settings = ('model', 'attack', 'norm', 'steps', 'restarts', 'loss',
+              'target')
+  for a in wb:
+    for b in wb:
+      if (a.get('attack') != 'clean' and same(a, b, settings)
+          and b.get('eps', 0) > a.get('eps', 0)
+          and b['accuracy'] > a['accuracy'] + _slack(a, b)):
+        warnings.append(
+            f'{b["name"]} ({_pct(b)}) leaves a higher accuracy than the '
+            f'smaller-eps {a["name"]} ({_pct(a)}){_model_note(a)}: accuracy '
+            'should not rise with eps (gradient masking?)')
+  return warnings
+
+
+# ----------------------------------------------------------------------------
+# Reports.
 
 
 def markdown_table(records, columns=('name', 'norm', 'eps', 'steps',
@@ -108,12 +281,99 @@ def markdown_table(records, columns=('name', 'norm', 'eps', 'steps',
   return '\n'.join(lines)
 
 
-def write_report(records, workdir, name='eval'):
-  """Writes <workdir>/<name>.json and <name>.md; returns the markdown."""
-  table = markdown_table(records)
+def warnings_markdown(warnings):
+  """The sanity-flag section printed below every table."""
+  if not warnings:
+    return 'Sanity checks: no warnings.'
+  return '\n'.join(['Sanity checks: WARNINGS'] +
+                   [f'- WARNING: {w}' for w in warnings])
+
+
+def write_json(path, obj):
+  """Writes obj as JSON (process 0 only), creating the folder."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'{name}.json'), 'w') as f:
-      json.dump(records, f, indent=2)
-    with open(os.path.join(workdir, f'{name}.md'), 'w') as f:
-      f.write(table + '\n')
-  return table
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(obj, f, indent=2)
+
+
+def write_text(path, text):
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(text.rstrip('\n') + '\n')
+
+
+def write_report(records, workdir, name='eval'):
+  """Writes <workdir>/<name>.json ({"records": [...], "warnings": [...]})
+  and <name>.md; returns the markdown: the table, then the sanity flags."""
+  warnings = sanity_flags(records)
+  text = markdown_table(records) + '\n\n' + warnings_markdown(warnings)
+  write_json(os.path.join(workdir, f'{name}.json'),
+             {'records': records, 'warnings': warnings})
+  write_text(os.path.join(workdir, f'{name}.md'), text)
+  return text
+
+
+# ----------------------------------------------------------------------------
+# Trained workdirs.
+
+
+def _tuples(value):
+  """JSON lists back to the tuples configs store (configs hold no lists)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_config(workdir):
+  """<workdir>/config.json (written by train_and_evaluate) as a ConfigDict."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found: train into {workdir} with '
+                            'main.py first (it writes config.json)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def load_workdir(workdir, mesh=None):
+  """Rebuilds a trained run: (config, state, specs, mesh, dataset).
+
+  The model, state layout and data come from <workdir>/config.json; the
+  state is the latest checkpoint in <workdir>/checkpoints, placed on `mesh`
+  (default: all devices).
+  """
+  from jaxadv import train  # pylint: disable=g-import-not-at-top  (train imports evaluate)
+  config = load_config(workdir)
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  ds = train.load_data(config)
+  s = train.setup(config, ds, mesh)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                               config.keep_checkpoints)
+  try:
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint in {ckpt.directory}; train '
+                              f'{workdir} first')
+    state, _ = ckpt.restore(s['state'])
+  finally:
+    ckpt.close()
+  return config, state, s['specs'], mesh, ds
+
+
+def parse_list(text):
+  """'a,b, c' -> ['a', 'b', 'c'] (empty items dropped)."""
+  return [t.strip() for t in text.split(',') if t.strip()]
+
+
+def workdir_labels(text, workdirs):
+  """Model names from a comma-separated --labels (default: folder names)."""
+  if not workdirs:
+    raise ValueError('--workdirs names no workdir')
+  labels = parse_list(text) if text else [
+      os.path.basename(os.path.normpath(w)) for w in workdirs]
+  if len(labels) != len(workdirs) or len(set(labels)) != len(labels):
+    raise ValueError(f'--labels needs {len(workdirs)} distinct names, got '
+                     f'{labels}')
+  return labels

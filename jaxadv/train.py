@@ -347,6 +347,7 @@ def train_and_evaluate(config, workdir):
           mesh=mesh, specs=specs, batch_size=config.eval.batch_size,
           num_examples=config.eval.num_examples, seed=config.eval.seed)
       evaluate.write_report(results['robust'], workdir)
+      results['warnings'] = evaluate.sanity_flags(results['robust'])
   if is_main:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)

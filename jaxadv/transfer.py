@@ -1,0 +1,169 @@
+"""Black-box transfer: adversarial examples crafted white-box on each source
+model, evaluated on every target model.
+
+  python -m jaxadv.transfer --workdirs runs/a,runs/b,runs/c \
+      --attack 'pgd(eps=0.3, steps=40)' --out runs/transfer \
+      [--num_examples N] [--labels a,b,c] [--seed S]
+
+The result is a source x target accuracy matrix: row = the model the attack
+ran on (source), column = the model evaluated (target). The diagonal is
+white-box accuracy, the off-diagonal black-box (transfer) accuracy; a column
+whose off-diagonal entries fall below its diagonal entry means the white-box
+attack on that target is failing (see evaluate.sanity_flags). Every model
+sees the same seeded test subset, and each source's examples are crafted
+once and reused for every target.
+"""
+import argparse
+import os
+import sys
+import time
+
+from jaxadv import attacks
+from jaxadv import evaluate
+
+
+def transfer_matrix(models, images, labels, attack, *, batch_size,
+                    num_examples=0, seed=0):
+  """Accuracy of every target under examples crafted on every source.
+
+  Args:
+    models: {name: (state, specs, mesh)}, each both a source and a target;
+      architectures may differ, inputs must share one shape.
+    images, labels: uint8 (N, H, W, C) test images and int labels (N,).
+    attack: spec string or AttackSpec (eps in pixel scale).
+    batch_size: global batch of crafting and evaluation.
+    num_examples: seeded random subset size (0 = all N); seed also keys the
+      attacks' random starts.
+  Returns a dict with
+    'attack': str, 'sources' = 'targets': names in order, 'num_examples',
+    'accuracy': nested list [source][target] in [0, 1] (diagonal: white-box),
+    'clean': {name: clean accuracy on the subset},
+    'records': one eval record per (source, target) with 'source' and
+      'model' (the target) set, 'seconds_crafting': {source: seconds}.
+  """
+  spec = attacks.parse_attack(attack) if isinstance(attack, str) else attack
+  attack_fn = attacks.make_attack(spec)
+  images, labels = evaluate.subset(images, labels, num_examples, seed)
+  names = list(models)
+  # One compiled clean-accuracy function per target, reused for every source.
+  fns = {t: evaluate.make_accuracy_fn(m[2], m[1]) for t, m in models.items()}
+  clean = {}
+  for t in names:
+    state, specs, mesh = models[t]
+    clean[t] = evaluate.accuracy(state, images, labels, mesh=mesh,
+                                 specs=specs, batch_size=batch_size,
+                                 accuracy_fn=fns[t])[0]
+  matrix, records, crafting = [], [], {}
+  for s in names:
+    state, specs, mesh = models[s]
+    t0 = time.time()
+    # Once per source, reused for every target.
+    x_adv = adversarial_examples(state, images, labels, attack_fn, mesh=mesh,
+                                 specs=specs, batch_size=batch_size, seed=seed)
+    crafting[s] = time.time() - t0
+    row = []
+    for t in names:
+      t_state, t_specs, t_mesh = models[t]
+      t1 = time.time()
+      acc, n = evaluate.accuracy(t_state, x_adv, labels, mesh=t_mesh,
+                                 specs=t_specs, batch_size=batch_size,
+                                 accuracy_fn=fns[t])
+      row.append(acc)
+      records.append(evaluate.record(spec, acc, n, seed, time.time() - t1,
+                                     source=s, model=t))
+    matrix.append(row)
+  return {'attack': str(spec), 'sources': names, 'targets': names,
+          'num_examples': len(labels), 'accuracy': matrix, 'clean': clean,
+          'records': records, 'seconds_crafting': crafting}
+
+
+def adversarial_examples(*args, **kwargs):
+  """evaluate.adversarial_examples (a module attribute so tests can count
+  the calls)."""
+  return evaluate.adversarial_examples(*args, **kwargs)
+
+
+def transfer_markdown(result):
+  """The matrix as markdown: rows = source (crafted on), columns = target
+  (evaluated on), white-box diagonal marked with *, plus clean accuracy."""
+  t = result['targets']
+  lines = [f'Transfer: {result["attack"]}, {result["num_examples"]} '
+           'examples; accuracy of the target (column) on examples crafted '
+           'on the source (row); * = white-box (diagonal)', '',
+           '| source \\ target | ' + ' | '.join(t) + ' |',
+           '|---|' + '|'.join('---' for _ in t) + '|']
+  for s, row in zip(result['sources'], result['accuracy']):
+    cells = [f'{100 * a:.2f}%' + ('*' if s == name else '')
+             for name, a in zip(t, row)]
+    lines.append(f'| {s} | ' + ' | '.join(cells) + ' |')
+  lines.append('| (clean) | ' + ' | '.join(
+      f'{100 * result["clean"][name]:.2f}%' for name in t) + ' |')
+  return '\n'.join(lines)
+
+
+def write_transfer_report(result, out_dir, name='transfer'):
+  """Writes <out_dir>/<name>.json (the result plus "warnings") and
+  <name>.md; returns the markdown with the sanity flags."""
+  warnings = evaluate.sanity_flags(result['records'])
+  text = (transfer_markdown(result) + '\n\n' +
+          evaluate.warnings_markdown(warnings))
+  evaluate.write_json(os.path.join(out_dir, f'{name}.json'),
+                      {**result, 'warnings': warnings})
+  evaluate.write_text(os.path.join(out_dir, f'{name}.md'), text)
+  return text
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(
+      prog='python -m jaxadv.transfer', description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--workdirs', required=True,
+                 help='comma-separated trained workdirs')
+  p.add_argument('--attack', required=True,
+                 help="attack spec, e.g. 'pgd(eps=0.3, steps=40)'")
+  p.add_argument('--out', required=True, help='output folder')
+  p.add_argument('--num_examples', type=int, default=None,
+                 help='seeded test subset size (default: the first '
+                 "workdir's config.eval.num_examples; 0 = all)")
+  p.add_argument('--labels', default='',
+                 help='comma-separated model names (default: folder names)')
+  p.add_argument('--seed', type=int, default=0,
+                 help='seed of the subset and of the random starts')
+  p.add_argument('--batch_size', type=int, default=0,
+                 help="global batch (default: the first config's "
+                 'eval.batch_size)')
+  args = p.parse_args(argv)
+  try:
+    spec = attacks.parse_attack(args.attack)
+    workdirs = evaluate.parse_list(args.workdirs)
+    labels = evaluate.workdir_labels(args.labels, workdirs)
+    models, mesh, first = {}, None, None
+    for label, workdir in zip(labels, workdirs):
+      config, state, specs, mesh, ds = evaluate.load_workdir(workdir, mesh)
+      if first is None:
+        first = (config, ds)
+      elif ds.test_images.shape[1:] != first[1].test_images.shape[1:]:
+        raise ValueError(f'{workdir} uses {ds.name} images of shape '
+                         f'{ds.test_images.shape[1:]}, unlike '
+                         f'{first[1].test_images.shape[1:]} of {workdirs[0]}')
+      models[label] = (state, specs, mesh)
+    config, ds = first
+    t0 = time.time()
+    result = transfer_matrix(
+        models, ds.test_images, ds.test_labels, spec,
+        batch_size=args.batch_size or config.eval.batch_size,
+        num_examples=(config.eval.num_examples if args.num_examples is None
+                      else args.num_examples), seed=args.seed)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  result['workdirs'] = dict(zip(labels, workdirs))
+  result['seconds'] = time.time() - t0
+  text = write_transfer_report(result, args.out)
+  print(text)
+  print(f'wrote {os.path.join(args.out, "transfer.{json,md}")}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
