@@ -379,11 +379,19 @@ def _nonfinite_msg(state, ckpt):
 def evaluate_checkpoint(config, workdir):
   """--mode eval: restores the latest checkpoint and evaluates it.
 
-  Returns a dict with the clean test accuracy (and, when
-  config.eval.attacks is set, the robust evaluation records).
+  The model and data come from the run's own <workdir>/config.json when it
+  exists (so any eval config can evaluate any run); `config.eval` and the
+  eval batch size come from `config`. Returns a dict with the clean test
+  accuracy (and, when config.eval.attacks is set, the robust records).
   """
   if config.distributed:
     jax.distributed.initialize()
+  if os.path.isfile(os.path.join(workdir, 'config.json')):
+    run_config = evaluate.load_config(workdir)
+    run_config.eval = config.eval
+    run_config.eval_batch_size = config.eval_batch_size
+    run_config.distributed = config.distributed
+    config = run_config
   validation.validate_config(config)
   ds = load_data(config)
   mesh = parallel.make_mesh()
