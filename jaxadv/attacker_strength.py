@@ -19,6 +19,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from jaxadv import evaluate
@@ -106,6 +107,8 @@ def markdown(study):
 
 def main(argv):
   del argv
+  if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   kappas = [int(k) for k in FLAGS.kappas.split(',')]
   try:
     study = run_study(FLAGS.config, FLAGS.workdir, kappas, FLAGS.num_examples,
