@@ -40,7 +40,7 @@ def load_data(config):
   """The config's dataset; bad data keys become one-line ConfigErrors."""
   try:
     return data.load_dataset(config.data, seed=config.seed)
-  except ValueError as e:
+  except (ValueError, ImportError) as e:  # ImportError: TFDS needed, absent
     raise validation.ConfigError(str(e)) from None
 
 
