@@ -377,3 +377,16 @@ def workdir_labels(text, workdirs):
     raise ValueError(f'--labels needs {len(workdirs)} distinct names, got '
                      f'{labels}')
   return labels
+
+
+def add_report_args(parser):
+  """The options the sweep and transfer CLIs share (argparse)."""
+  parser.add_argument('--out', required=True, help='output folder')
+  parser.add_argument('--num_examples', type=int, default=None,
+                      help='seeded test subset size (default: the first '
+                      "workdir's config.eval.num_examples; 0 = all)")
+  parser.add_argument('--labels', default='',
+                      help='comma-separated names of the models (default: '
+                      'folder names)')
+  parser.add_argument('--seed', type=int, default=0,
+                      help='seed of the subset and of the random starts')

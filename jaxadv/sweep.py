@@ -144,14 +144,7 @@ def main(argv=None):
                  help="attack template, e.g. 'pgd(norm=l2, steps=20)'")
   p.add_argument('--eps', required=True,
                  help='comma-separated eps in pixel scale, e.g. 0,0.5,8/255')
-  p.add_argument('--out', required=True, help='output folder')
-  p.add_argument('--num_examples', type=int, default=None,
-                 help='seeded test subset size (default: the first '
-                 "workdir's config.eval.num_examples; 0 = all)")
-  p.add_argument('--labels', default='',
-                 help='comma-separated curve labels (default: folder names)')
-  p.add_argument('--seed', type=int, default=0,
-                 help='seed of the subset and of the random starts')
+  evaluate.add_report_args(p)
   p.add_argument('--batch_size', type=int, default=0,
                  help="attack batch (default: each config's eval.batch_size)")
   args = p.parse_args(argv)

@@ -121,14 +121,7 @@ def main(argv=None):
                  help='comma-separated trained workdirs')
   p.add_argument('--attack', required=True,
                  help="attack spec, e.g. 'pgd(eps=0.3, steps=40)'")
-  p.add_argument('--out', required=True, help='output folder')
-  p.add_argument('--num_examples', type=int, default=None,
-                 help='seeded test subset size (default: the first '
-                 "workdir's config.eval.num_examples; 0 = all)")
-  p.add_argument('--labels', default='',
-                 help='comma-separated model names (default: folder names)')
-  p.add_argument('--seed', type=int, default=0,
-                 help='seed of the subset and of the random starts')
+  evaluate.add_report_args(p)
   p.add_argument('--batch_size', type=int, default=0,
                  help="global batch (default: the first config's "
                  'eval.batch_size)')
