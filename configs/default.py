@@ -19,6 +19,7 @@ def get_config():
   c.data.train_fraction = 1.0     # class-balanced seeded subset of the train split (GREAT: 0.05)
   c.data.num_train_examples = 0   # >0: class-balanced seeded subset of exactly this many
   c.data.num_test_examples = 0    # >0: seeded random test subset (smoke runs only)
+  c.data.feed = 'auto'            # auto | device (whole train split on every device, batches gathered there) | host
   c.data.augment = 'auto'         # auto (crop+flip for 32x32 colour, none otherwise) | crop_flip | flip | none
 
   c.model = ml_collections.ConfigDict()

@@ -31,6 +31,7 @@ import numpy as np
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA_DIR_ENV = 'JAXADV_DATA_DIR'
 AUGMENTATIONS = ('none', 'flip', 'crop', 'crop_flip')
+FEEDS = ('auto', 'device', 'host')
 
 
 class DatasetInfo(NamedTuple):
@@ -442,24 +443,61 @@ def stack_batches(dataset: Dataset, index_batches: Sequence[np.ndarray]) -> dict
 
 def train_chunks(dataset: Dataset, batch_size: int, seed: int, epoch: int,
                  steps_per_call: int = 1, *, process_index: int = 0,
-                 process_count: int = 1, start_step: int = 0) -> Iterator[dict]:
-  """Yields stack_batches of `steps_per_call` consecutive train_batches.
+                 process_count: int = 1, start_step: int = 0,
+                 gather: bool = True) -> Iterator[dict]:
+  """Yields chunks of `steps_per_call` consecutive train_batches.
 
-  Chunks start at `start_step`; the epoch's last chunk may hold fewer steps
-  (its leading dimension says how many).
+  gather=True: stack_batches (the images and labels, for a host feed);
+  gather=False: {'index': int32 (steps, b)} only, for a train split that is
+  already on the device. Chunks start at `start_step`; the epoch's last chunk
+  may hold fewer steps (its leading dimension says how many).
   """
   if steps_per_call < 1:
     raise ValueError(f'config.steps_per_call={steps_per_call} must be >= 1')
+
+  def emit(chunk):
+    if gather:
+      return stack_batches(dataset, chunk)
+    return {'index': np.stack(chunk).astype(np.int32)}
+
   chunk = []
   for idx in train_batches(dataset.num_train, batch_size, seed, epoch,
                            process_index=process_index,
                            process_count=process_count, start_step=start_step):
     chunk.append(idx)
     if len(chunk) == steps_per_call:
-      yield stack_batches(dataset, chunk)
+      yield emit(chunk)
       chunk = []
   if chunk:
-    yield stack_batches(dataset, chunk)
+    yield emit(chunk)
+
+
+# Train splits up to this size go on the device under config.data.feed='auto'.
+DEVICE_FEED_MAX_BYTES = 2 << 30
+
+
+def feed_on_device(feed: str, dataset: Dataset, device=None) -> bool:
+  """Whether config.data.feed puts the whole train split on every device.
+
+  'device': always; 'host': never (each chunk's images are gathered on the
+  host and transferred); 'auto': the device when the uint8 train split is at
+  most 2 GiB and, where the device reports its memory, at most a quarter of
+  it (MNIST 47 MB and CIFAR-10 154 MB go on the device; ImageNet does not).
+  """
+  if feed not in FEEDS:
+    raise ValueError(f"config.data.feed='{feed}'; valid: {', '.join(FEEDS)}")
+  if feed != 'auto':
+    return feed == 'device'
+  nbytes = dataset.train_images.nbytes + dataset.train_labels.nbytes
+  limit = DEVICE_FEED_MAX_BYTES
+  device = jax.devices()[0] if device is None else device
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  (backends without stats)
+    stats = {}
+  if stats.get('bytes_limit'):
+    limit = min(limit, stats['bytes_limit'] // 4)
+  return nbytes <= limit
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,

@@ -85,38 +85,60 @@ def setup(config, ds, mesh):
               total_batches=total_batches, schedule=schedule)
 
 
-def make_train_fn(config, model, method, mesh, specs, augment_kind):
-  """jit(shard_map(scan)) running a chunk of steps: (state, images (S, B, ...)
-  uint8, labels (S, B)) -> (state, metrics summed over the chunk).
+def make_train_fn(config, model, method, mesh, specs, augment_kind,
+                  on_device=False):
+  """jit(shard_map(scan)) running a chunk of steps.
+
+  Host feed (on_device=False): (state, images (S, B, ...) uint8, labels
+  (S, B)) -> (state, metrics summed over the chunk).
+  Device feed (on_device=True): (state, train_images (N, ...) uint8,
+  train_labels (N,), index (S, B) int32) -> same; the whole train split is
+  replicated on every device and each step's batch is gathered there, so a
+  call moves only S * B indices from the host.
 
   Each step's rng is the state's key folded with the step number and the
   device index; augmentation runs on the device.
   """
   train_step = method.make_train_step(config, model, axis_name=parallel.AXIS)
 
-  def chunk(state, images, labels):
-    def body(state, xs):
-      img, lbl = xs
-      rng = jax.random.fold_in(state.rng, state.step)
-      rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
-      aug_rng, step_rng = jax.random.split(rng)
-      x = data.augment(aug_rng, img, augment_kind)
-      state, metrics = train_step(state, {'image': x, 'label': lbl}, step_rng)
-      return state, jax.lax.psum(metrics, parallel.AXIS)
-    if images.shape[0] == 1:
-      # No loop for a single step: XLA:CPU runs weight-gradient convolutions
-      # inside while loops some 40x slower than outside (bench/RESULTS.md).
-      return body(state, (images[0], labels[0]))
-    state, metrics = jax.lax.scan(body, state, (images, labels))
-    return state, jax.tree_util.tree_map(lambda m: m.sum(0), metrics)
+  def step(state, img, lbl):
+    rng = jax.random.fold_in(state.rng, state.step)
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
+    aug_rng, step_rng = jax.random.split(rng)
+    x = data.augment(aug_rng, img, augment_kind)
+    state, metrics = train_step(state, {'image': x, 'label': lbl}, step_rng)
+    return state, jax.lax.psum(metrics, parallel.AXIS)
 
   batch = P(None, parallel.AXIS)
+  if on_device:
+    def chunk(state, train_images, train_labels, index):
+      # The gather runs inside the scan body: one batch of images is live.
+      return _scan_or_once(
+          lambda st, idx: step(st, jnp.take(train_images, idx, axis=0),
+                               jnp.take(train_labels, idx, axis=0)),
+          state, index)
+    in_specs = (specs, P(), P(), batch)
+  else:
+    def chunk(state, images, labels):
+      return _scan_or_once(lambda st, xs: step(st, *xs), state,
+                           (images, labels))
+    in_specs = (specs, batch, batch)
   # check_vma=False: gradients w.r.t. the replicated parameters are local
   # gradients that the method averages explicitly (common.apply_update);
   # with varying-axis typing JAX would instead psum them implicitly.
-  fn = jax.shard_map(chunk, mesh=mesh, in_specs=(specs, batch, batch),
+  fn = jax.shard_map(chunk, mesh=mesh, in_specs=in_specs,
                      out_specs=(specs, P()), check_vma=False)
   return jax.jit(fn, donate_argnums=0)
+
+
+def _scan_or_once(body, state, xs):
+  """lax.scan of body over the leading axis of xs, metrics summed."""
+  if jax.tree_util.tree_leaves(xs)[0].shape[0] == 1:
+    # No loop for a single step: XLA:CPU runs weight-gradient convolutions
+    # inside while loops some 40x slower than outside (bench/RESULTS.md).
+    return body(state, jax.tree_util.tree_map(lambda a: a[0], xs))
+  state, metrics = jax.lax.scan(body, state, xs)
+  return state, jax.tree_util.tree_map(lambda m: m.sum(0), metrics)
 
 
 class OverfitMonitor:
@@ -225,7 +247,12 @@ def train_and_evaluate(config, workdir):
   start_batches = batches_done
 
   kind = ds.augment if config.data.augment == 'auto' else config.data.augment
-  train_fn = make_train_fn(config, s['model'], s['method'], mesh, specs, kind)
+  on_device = data.feed_on_device(config.data.get('feed', 'auto'), ds)
+  train_fn = make_train_fn(config, s['model'], s['method'], mesh, specs, kind,
+                           on_device=on_device)
+  if on_device:  # the whole train split, replicated on every device, once
+    resident = parallel.put_global((ds.train_images, ds.train_labels), mesh,
+                                   (P(), P()))
   acc_fn = evaluate.make_accuracy_fn(mesh, specs)
   jsonl = progress_lib.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'),
                                    is_main)
@@ -259,12 +286,19 @@ def train_and_evaluate(config, workdir):
       epoch_stop = min(spe, total - epoch * spe)
       for chunk in data.train_chunks(
           ds, config.batch_size, config.seed, epoch, config.steps_per_call,
-          process_index=pidx, process_count=pcount, start_step=offset):
-        n = min(chunk['label'].shape[0], epoch_stop - offset)
-        g = parallel.put_local_batch(
-            (chunk['image'][:n], chunk['label'][:n]), mesh,
-            P(None, parallel.AXIS))
-        state, m = train_fn(state, *g)
+          process_index=pidx, process_count=pcount, start_step=offset,
+          gather=not on_device):
+        if on_device:
+          n = min(chunk['index'].shape[0], epoch_stop - offset)
+          idx = parallel.put_local_batch(chunk['index'][:n], mesh,
+                                         P(None, parallel.AXIS))
+          state, m = train_fn(state, *resident, idx)
+        else:
+          n = min(chunk['label'].shape[0], epoch_stop - offset)
+          g = parallel.put_local_batch(
+              (chunk['image'][:n], chunk['label'][:n]), mesh,
+              P(None, parallel.AXIS))
+          state, m = train_fn(state, *g)
         pending = m if pending is None else jax.tree_util.tree_map(
             jnp.add, pending, m)
         batches_done += n
@@ -328,6 +362,7 @@ def train_and_evaluate(config, workdir):
       'epochs_done': batches_done / spe,
       'steps': int(state.step),
       'device_kind': jax.devices()[0].device_kind,
+      'data_feed': 'device' if on_device else 'host',
       'num_devices': jax.device_count(),
       'wall_time_s': t_end - t_start,
       'train_images': (batches_done - start_batches) * config.batch_size,

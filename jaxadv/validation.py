@@ -1,6 +1,7 @@
 """Checks a config before anything is compiled; one-line errors naming keys."""
 import jax
 
+from jaxadv import data as data_lib
 from jaxadv import methods as methods_lib
 from jaxadv import models as models_lib
 from jaxadv import optim
@@ -49,6 +50,9 @@ def validate_config(config, num_devices=None, num_processes=None):
   d = config.data
   require(0.0 < d.train_fraction <= 1.0,
           f'config.data.train_fraction={d.train_fraction} must be in (0, 1]')
+  require(d.get('feed', 'auto') in data_lib.FEEDS,
+          f"config.data.feed='{d.get('feed')}'; valid: "
+          f"{', '.join(data_lib.FEEDS)}")
   for key in ('num_train_examples', 'num_test_examples'):
     require(d[key] >= 0, f'config.data.{key}={d[key]} must be >= 0 (0 = all)')
   require(config.model.name in models_lib.MODELS,

@@ -44,3 +44,8 @@ def test_sharded_eval_counts_every_example_once(result):
 def test_checkpoint_restores_onto_other_device_count(result):
   assert result['restored_devices'] == 1
   assert result['restore_diff'] == 0.0
+
+
+def test_device_feed_equals_host_feed_on_eight_devices(result):
+  assert result['feed_host'] == 'host' and result['feed_device'] == 'device'
+  assert result['feed_max_abs_diff'] == 0.0, result
