@@ -79,6 +79,48 @@ def test_interrupted_run_resumes_to_identical_parameters(tiny_data_dir,
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.parametrize('steps_per_call', [1, 3])
+def test_device_feed_equals_host_feed(tiny_data_dir, tmp_path,
+                                      steps_per_call):
+  # The whole train split on the device, batches gathered there, must train
+  # bit-identically to host-gathered batches (same order, same augmentation).
+  states = {}
+  for feed in ('host', 'device'):
+    config = tiny_config(tiny_data_dir, **{
+        'model.name': 'cnn5', 'num_epochs': 1, 'data.feed': feed,
+        'data.augment': 'crop_flip', 'steps_per_call': steps_per_call})
+    res = train.train_and_evaluate(config, str(tmp_path / feed))
+    assert res['data_feed'] == feed
+    _, _, s = _setup(config)
+    ck = ckpt_lib.Checkpointer(str(tmp_path / feed / 'checkpoints'))
+    states[feed], _ = ck.restore(s['state'])
+    ck.close()
+  a, b = states['host'], states['device']
+  assert int(a.step) == int(b.step) == 8
+  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats)),
+                  jax.tree_util.tree_leaves((b.params, b.batch_stats))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+class _FakeDevice:
+  def __init__(self, limit):
+    self.limit = limit
+
+  def memory_stats(self):
+    return None if self.limit is None else {'bytes_limit': self.limit}
+
+
+def test_auto_feed_puts_small_train_splits_on_the_device(tiny_data_dir):
+  config = tiny_config(tiny_data_dir)
+  ds = data.load_dataset(config.data)
+  nbytes = ds.train_images.nbytes + ds.train_labels.nbytes
+  assert data.feed_on_device('auto', ds, _FakeDevice(None))  # CPU: no stats
+  assert data.feed_on_device('auto', ds, _FakeDevice(4 * nbytes))
+  assert not data.feed_on_device('auto', ds, _FakeDevice(4 * nbytes - 1))
+  assert not data.feed_on_device('host', ds, _FakeDevice(None))
+  assert data.feed_on_device('device', ds, _FakeDevice(1))
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
                                                              tmp_path):
   workdir = str(tmp_path / 'nan')
@@ -108,6 +150,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
     ({'dtype': 'float16'}, "config.dtype='float16'"),
     ({'data.train_fraction': 1.5}, 'config.data.train_fraction'),
     ({'steps_per_call': 0}, 'config.steps_per_call=0'),
+    ({'data.feed': 'disk'}, "config.data.feed='disk'; valid: auto, device"),
 ])
 def test_config_validation_names_the_key(tiny_data_dir, overrides, needle):
   config = tiny_config(tiny_data_dir, **overrides)
@@ -154,3 +197,17 @@ def test_main_end_to_end(tiny_data_dir, tmp_path):
   out = _main(flags + ['--config.optim.lr=-1'], REPO)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith('error: config.optim.lr')
+
+
+@pytest.mark.parametrize('extra,needle', [
+    (['--config.method.epz=0.1'],
+     "--config.method.epz: config.method has no key 'epz'; valid: "),
+    (['--config', os.path.join(REPO, 'configs', 'mnist_standard.py'),
+      '--config.optimm.lr=1'], "config has no key 'optimm'; valid: batch_size"),
+    (['--config.num_epochs=two'], 'flag --config.num_epochs=two: '),
+])
+def test_bad_override_is_one_line_error(tmp_path, extra, needle):
+  out = _main(['--workdir', str(tmp_path / 'w')] + extra, REPO)
+  assert out.returncode == 2
+  err = out.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: ') and needle in err[0], out.stderr
