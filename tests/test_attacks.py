@@ -140,6 +140,10 @@ PROPERTY_ATTACKS = {
     'fgsm_l2': ('l2', lambda k, x, y, eps: A.fgsm(CONV, k, x, y, eps=eps, norm='l2')),
     'fgsm_rs_linf': ('linf', lambda k, x, y, eps: A.fgsm_rs(CONV, k, x, y, eps=eps)),
     'fgsm_rs_l2': ('l2', lambda k, x, y, eps: A.fgsm_rs(CONV, k, x, y, eps=eps, norm='l2')),
+    'fgsm_rs_linf_unclipped_start': ('linf', lambda k, x, y, eps: A.fgsm_rs(
+        CONV, k, x, y, eps=eps, clip_start=False)),
+    'fgsm_rs_l2_unclipped_start': ('l2', lambda k, x, y, eps: A.fgsm_rs(
+        CONV, k, x, y, eps=eps, norm='l2', clip_start=False)),
     'ifgsm': ('linf', lambda k, x, y, eps: A.ifgsm(CONV, k, x, y, eps=eps, steps=3)),
     'pgd_linf_restarts_loop': ('linf', lambda k, x, y, eps: A.pgd(
         CONV, k, x, y, eps=eps, steps=3, restarts=2)),
@@ -190,6 +194,26 @@ def test_attack_stays_in_ball_and_box(name, seed, eps_fraction):
     assert np.abs(delta).max() <= eps + 1e-6
   else:
     assert np.linalg.norm(delta, axis=1).max() <= eps * (1 + 1e-5)
+
+
+def test_fgsm_rs_unclipped_start_takes_the_gradient_outside_the_box():
+  # Black pixels (x = 0): a clipped start sits at 0 for half of them; an unclipped one keeps
+  # the negative noise. The gradient is taken there; the result is back in the box.
+  x = jnp.zeros((4, 8, 8, 1))
+  start = A.random_init_linf(key(0), x, 0.3, clip=False)
+  assert float(start.min()) < -0.2 and float(start.max()) > 0.2
+  assert float(A.random_init_linf(key(0), x, 0.3).min()) == 0.0
+  seen = []
+
+  def logits_fn(xa):
+    jax.debug.callback(lambda v: seen.append(np.asarray(v)), xa)
+    return jnp.stack([xa.sum((1, 2, 3)), -xa.sum((1, 2, 3))], -1)
+
+  y = jnp.zeros((4,), jnp.int32)
+  out = A.fgsm_rs(logits_fn, key(0), x, y, eps=0.3, clip_start=False)
+  assert seen and seen[0].min() < 0.0  # the gradient point left the box
+  # Increasing the loss of class 0 pushes every pixel down: clipped back to 0.
+  np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
 # ------------------------------------------------------------------------------------------

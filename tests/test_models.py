@@ -16,6 +16,8 @@ CASES = {
     # Madry et al.: ~3.27M.
     'mnist_cnn': (MNIST, (28, 28, 1), 3_274_634),
     'cnn5': (CIFAR, (32, 32, 3), 1_143_466),
+    # Wong et al.'s mnist_net (fast_adversarial/MNIST): 272 + 8,224 + 156,900 + 1,010.
+    'wong_mnist': (MNIST, (28, 28, 1), 166_406),
     # Wong et al. PreActResNet18 with its final BN: ~11.17M (kuangliu's, without it: 11,171,146).
     'preact_resnet18': (CIFAR, (32, 32, 3), 11_172_170),
     'resnet11': (dict(num_classes=1, mean=None, std=None, in_channels=3), (32, 32, 3), 4_898_625),
@@ -29,7 +31,7 @@ EXTRA = [  # other configurations worth pinning: (name, kwargs, HWC, count)
     ('resnet18', dict(CIFAR, num_classes=1000, stem='imagenet'), (224, 224, 3), 11_689_512),
     ('resnet50', dict(CIFAR, num_classes=1000, stem='imagenet'), (224, 224, 3), 25_557_032),
 ]
-SMALL = ['mnist_cnn', 'cnn5', 'preact_resnet18']  # get a real forward pass
+SMALL = ['mnist_cnn', 'wong_mnist', 'cnn5', 'preact_resnet18']  # get a real forward pass
 
 
 def _shapes(model, hwc, batch=2, **kw):

@@ -13,13 +13,16 @@ Method keys (config.method):
   clean_weight  w in (1 - w) CE(x_adv) + w CE(x) (default 0).
   attack_bn     'train' | 'eval' BatchNorm while crafting (default 'train',
                 as Wong et al.'s code; statistics updates discarded).
+  clip_start    clip the random start to [0, 1] before taking the gradient
+                (default True, as Wong et al.'s CIFAR code; their MNIST code
+                does not, see configs/mnist_fast.py).
 """
 import functools
 
 from jaxadv import attacks
 from jaxadv.methods import common
 
-KEYS = ('eps', 'step_size', 'norm', 'clean_weight', 'attack_bn')
+KEYS = ('eps', 'step_size', 'norm', 'clean_weight', 'attack_bn', 'clip_start')
 DEFAULT_ALPHA = {'linf': 1.25, 'l2': 1.5}  # step_size / eps
 
 
@@ -31,6 +34,7 @@ def validate(config):
   common.check_positive(config, 'step_size')
   common.check_fraction(config, 'clean_weight')
   common.check_choice(config, 'attack_bn', ('train', 'eval'), 'train')
+  common.check_choice(config, 'clip_start', (True, False), True)
 
 
 def settings(config):
@@ -40,7 +44,8 @@ def settings(config):
   return dict(eps=eps, norm=norm,
               step_size=float(v('step_size', DEFAULT_ALPHA[norm] * eps)),
               clean_weight=float(v('clean_weight', 0.0)),
-              attack_bn=v('attack_bn', 'train'))
+              attack_bn=v('attack_bn', 'train'),
+              clip_start=bool(v('clip_start', True)))
 
 
 def adversarial_examples(state, x, y, rng, config):
@@ -52,7 +57,8 @@ def adversarial_examples(state, x, y, rng, config):
   s = settings(config)
   logits_fn = common.attack_logits_fn(state, bn=s['attack_bn'], adv=True)
   return attacks.fgsm_rs(logits_fn, rng, x, y, eps=s['eps'],
-                         alpha=s['step_size'], norm=s['norm'])
+                         alpha=s['step_size'], norm=s['norm'],
+                         clip_start=s['clip_start'])
 
 
 def make_train_step(config, model, axis_name=None):

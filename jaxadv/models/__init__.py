@@ -16,6 +16,7 @@ from jaxadv.models import resnet, small
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'mnist_cnn': small.mnist_cnn,
     'cnn5': small.cnn5,
+    'wong_mnist': small.wong_mnist,
     'preact_resnet18': resnet.preact_resnet18,
     'resnet11': resnet.resnet11,
     'resnet18': resnet.resnet18,

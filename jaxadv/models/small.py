@@ -1,4 +1,5 @@
-"""Small CNNs: Madry et al.'s MNIST network and the 5-layer CNN of the GREAT supplement."""
+"""Small CNNs: Madry et al.'s and Wong et al.'s MNIST networks and the 5-layer CNN of the
+GREAT supplement."""
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -25,6 +26,32 @@ class MnistCNN(ModelBase):
         return dense(self.num_classes, dtype=self.dtype, name='fc2')(x).astype(jnp.float32)
 
 
+# PyTorch's default Conv/Linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+torch_default_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+class WongMnistNet(ModelBase):
+    """Wong et al. (2020) MNIST network ("Fast is better than free", from Wong & Kolter's
+    convex-relaxation work): conv4x4-16 stride 2, conv4x4-32 stride 2 (padding 1), fc100, fc.
+
+    Input (N, 28, 28, 1) in [0, 1]; no BatchNorm. 166,406 parameters with 10 classes.
+    """
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, adv: bool = False):
+        act = get_activation(self.activation)
+        x = self.prepare(x)
+        for i, features in enumerate((16, 32)):
+            x = act(nn.Conv(features, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
+                            dtype=self.dtype, param_dtype=jnp.float32,
+                            kernel_init=torch_default_init, name=f'conv{i + 1}')(x))
+        x = x.reshape(x.shape[0], -1)
+        x = act(nn.Dense(100, dtype=self.dtype, param_dtype=jnp.float32,
+                         kernel_init=torch_default_init, name='fc1')(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                        kernel_init=torch_default_init, name='fc2')(x).astype(jnp.float32)
+
+
 class CNN5(ModelBase):
     """GREAT supplement CNN: 3 convs 3x3 (32/64/128, strides 1/2/2), each BN + activation,
     flatten, fc128 + activation, fc. Input (N, H, W, C) in [0, 1]."""
@@ -44,6 +71,10 @@ class CNN5(ModelBase):
 
 def mnist_cnn(**common):
     return MnistCNN(**common)
+
+
+def wong_mnist(**common):
+    return WongMnistNet(**common)
 
 
 def cnn5(**common):
