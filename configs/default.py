@@ -24,6 +24,7 @@ def get_config():
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mnist_cnn'      # see jaxadv.models.MODELS
+  c.model.normalize = True        # (x - dataset mean) / std as the model's first op (False: raw [0, 1] pixels)
   c.model.activation = 'relu'     # relu | leaky_relu | swish | gelu | softplus
   c.model.dual_bn = False         # a second BatchNorm set for adversarial inputs (AdvProp)
   c.model.kwargs = ml_collections.ConfigDict()  # model-specific: depth, width, stem, in_channels

@@ -45,9 +45,12 @@ def load_data(config):
 
 
 def build_model(config, ds, axis_name=None):
-  """The config's model for dataset `ds` (normalization inside the model)."""
+  """The config's model for dataset `ds` (normalization inside the model,
+  with the dataset's mean and std unless config.model.normalize is False)."""
+  normalize = config.model.get('normalize', True)
   return models.get_model(
-      config.model.name, num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+      config.model.name, num_classes=ds.num_classes,
+      mean=ds.mean if normalize else None, std=ds.std if normalize else None,
       dtype=DTYPES[config.dtype], activation=config.model.activation,
       bn_axis_name=axis_name if config.sync_bn else None,
       dual_bn=config.model.dual_bn, **dict(config.model.kwargs))

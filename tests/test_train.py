@@ -211,3 +211,16 @@ def test_bad_override_is_one_line_error(tmp_path, extra, needle):
   assert out.returncode == 2
   err = out.stderr.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ') and needle in err[0], out.stderr
+
+
+def test_model_normalize_switch(tiny_data_dir):
+  config = tiny_config(tiny_data_dir, **{'model.name': 'wong_mnist'})
+  ds = data.load_dataset(config.data)
+  x = jnp.asarray(ds.train_images[:4] / 255.0, jnp.float32)
+  on = train.build_model(config, ds)
+  config.model.normalize = False
+  off = train.build_model(config, ds)
+  assert on.mean == ds.mean and off.mean is None and off.std is None
+  v = on.init(jax.random.key(0), x)
+  # Same weights, different first op: different logits.
+  assert not np.allclose(on.apply(v, x), off.apply(v, x))
