@@ -189,10 +189,16 @@ def main(argv=None):
       'workdirs': dict(
           zip(labels, workdirs)), 'curves': curves, 'warnings': warnings})
   evaluate.write_text(os.path.join(args.out, 'sweep.md'), text)
+  wrote = 'json,md'
   if jax.process_index() == 0:
-    plot_sweep(curves, os.path.join(args.out, 'sweep.png'), title)
+    try:
+      plot_sweep(curves, os.path.join(args.out, 'sweep.png'), title)
+      wrote += ',png'
+    except ImportError:  # a bare accelerator image: the numbers still count
+      print('matplotlib is not installed: no sweep.png (pip install '
+            'matplotlib, then rerun for the plot)', file=sys.stderr)
   print(text)
-  print(f'wrote {os.path.join(args.out, "sweep.{json,md,png}")}')
+  print(f'wrote {os.path.join(args.out, "sweep.{" + wrote + "}")}')
   return 0
 
 
