@@ -37,6 +37,8 @@ flags.DEFINE_integer('steps', 20, 'Timed steps per method (after warm-up).')
 flags.DEFINE_integer('pgd_steps', 7, 'K for pgd when the config has none.')
 flags.DEFINE_integer('free_replays', 8, 'm for free when the config has none.')
 flags.DEFINE_string('out', 'bench/out/throughput.json', 'JSON output path.')
+flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s for MFU (0 = by device '
+                   'kind, see PEAK_TFLOPS).')
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
@@ -68,6 +70,49 @@ def fake_dataset(config, n):
                       mean=info.mean, std=info.std, augment=info.augment)
 
 
+# Peak dense bf16 tensor-core rates (TFLOP/s) for MFU, by device_kind prefix;
+# --peak_tflops overrides (the issue's measured H100 matmul rate is ~800).
+PEAK_TFLOPS = {'NVIDIA H100': 989.4, 'NVIDIA H200': 989.4, 'NVIDIA A100': 312.0,
+               'TPU v4': 275.0, 'TPU v5e': 197.0, 'TPU v5p': 459.0}
+
+
+def peak_tflops(device_kind):
+  if FLAGS.peak_tflops:
+    return FLAGS.peak_tflops
+  for prefix, peak in PEAK_TFLOPS.items():
+    if device_kind.startswith(prefix):
+      return peak
+  return None
+
+
+def _xla_flops(lowered):
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def attack_grad_flops(state, image_shape, batch):
+  """XLA FLOPs of one attack gradient (forward + input backward, inference
+  BatchNorm) on `batch` images: the unit of PGD/FGSM cost."""
+  from jaxadv.methods import common  # pylint: disable=g-import-not-at-top
+
+  def grad(x, y):
+    f = common.logits_fn(state)
+    return jax.grad(lambda x: jax.nn.log_softmax(f(x))[
+        jax.numpy.arange(batch), y].sum())(x)
+  x = jax.ShapeDtypeStruct((batch,) + image_shape, jax.numpy.float32)
+  y = jax.ShapeDtypeStruct((batch,), jax.numpy.int32)
+  return _xla_flops(jax.jit(grad).lower(x, y))
+
+
+def attack_grads_per_image(config):
+  """Attack gradients per image and step, by method (Free's replays are
+  counted as updates, each one forward/backward)."""
+  m = config.method
+  return {'standard': 0, 'free': 0, 'fast': 1}.get(
+      m.name, m.get('steps', 0) if m.name == 'pgd' else 0)
+
+
 def time_method(config, ds, mesh, steps):
   s = train.setup(config, ds, mesh)
   kind = ds.augment if config.data.augment == 'auto' else config.data.augment
@@ -79,10 +124,7 @@ def time_method(config, ds, mesh, steps):
   labels = ds.train_labels[:spc * b].reshape((spc, b))
   g = parallel.put_local_batch((images, labels), mesh, P(None, 'data'))
   state = s['state']
-  compiled = fn.lower(state, *g).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  flops = _xla_flops(fn.lower(state, *g))
   state, _ = fn(state, *g)  # warm-up
   jax.block_until_ready(state)
   calls = max(steps // spc, 1)
@@ -96,7 +138,8 @@ def time_method(config, ds, mesh, steps):
           'seconds_per_step': seconds / (calls * spc),
           'flops_per_image': flops / (spc * b),
           'tflops_per_s': flops * calls / seconds / 1e12,
-          'updates_per_step': s['updates_per_batch']}
+          'updates_per_step': s['updates_per_batch'],
+          'attack_grads_per_image': attack_grads_per_image(config)}
 
 
 def main(argv):
@@ -113,14 +156,30 @@ def main(argv):
     rows[name]['method'] = dict(c.method)
     print(f'{name}: {rows[name]["images_per_s"]:.1f} images/s', flush=True)
   std = rows.get('standard', {}).get('images_per_s')
+  # Model FLOPs (loops counted in full, unlike XLA's count of a loop body):
+  # the standard step's per update, plus one attack gradient per PGD/FGSM
+  # step, all on the per-device batch.
+  local_b = base.batch_size // jax.device_count()
+  state0 = train.setup(method_config(base, 'standard'), ds, mesh)['state']
+  grad_flops = attack_grad_flops(state0, ds.image_shape, local_b) / local_b
+  std_flops = rows['standard']['flops_per_image'] if 'standard' in rows else None
+  peak = peak_tflops(jax.devices()[0].device_kind)
   for r in rows.values():
     r['cost_ratio'] = std / r['images_per_s'] if std else None
     if r['cost_ratio']:
       r['cost_ratio_per_update'] = r['cost_ratio'] / r['updates_per_step']
+    r['attack_grad_flops_per_image'] = grad_flops
+    if std_flops:
+      r['model_flops_per_image'] = (r['updates_per_step'] * std_flops +
+                                    r['attack_grads_per_image'] * grad_flops)
+      r['model_tflops_per_s'] = (r['model_flops_per_image'] *
+                                 r['images_per_s'] / 1e12)
+      r['mfu'] = r['model_tflops_per_s'] / peak if peak else None
   out = {'config': base.data.name + '/' + base.model.name,
          'device': jax.devices()[0].device_kind,
          'num_devices': jax.device_count(), 'batch_size': base.batch_size,
          'dtype': base.dtype, 'steps_per_call': base.steps_per_call,
+         'peak_tflops': peak,
          'date': time.strftime('%Y-%m-%d'), 'methods': rows}
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, 'w') as f:
@@ -128,15 +187,20 @@ def main(argv):
   print(f'\n{out["config"]} on {out["num_devices"]} x {out["device"]}, '
         f'batch {base.batch_size}, {base.dtype}')
   print('| method | images/s | cost ratio vs standard | per update | '
-        'GFLOP/image | TFLOP/s |')
-  print('|---|---|---|---|---|---|')
+        'model GFLOP/image | model TFLOP/s | MFU |')
+  print('|---|---|---|---|---|---|---|')
   for name, r in rows.items():
     ratio = f'{r["cost_ratio"]:.2f}' if r['cost_ratio'] else '-'
     per = (f'{r["cost_ratio_per_update"]:.2f}'
            if r.get('cost_ratio_per_update') else '-')
+    mf = r.get('model_flops_per_image')
+    mfu = f'{100 * r["mfu"]:.1f}%' if r.get('mfu') else '-'
     print(f'| {name} {r["method"]} | {r["images_per_s"]:.1f} | {ratio} | '
-          f'{per} | {r["flops_per_image"] / 1e9:.3f} | '
-          f'{r["tflops_per_s"]:.3f} |')
+          f'{per} | {mf / 1e9 if mf else float("nan"):.3f} | '
+          f'{r.get("model_tflops_per_s", float("nan")):.3f} | {mfu} |')
+  print(f'(model FLOPs: XLA\'s count of the standard step per update plus '
+        f'{grad_flops / 1e9:.3f} GFLOP per attack gradient; MFU against '
+        f'{peak or "no known"} TFLOP/s peak)')
   print(f'wrote {FLAGS.out}')
 
 
