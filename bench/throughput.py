@@ -118,7 +118,7 @@ def time_method(config, ds, mesh, steps):
   kind = ds.augment if config.data.augment == 'auto' else config.data.augment
   fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
                            kind)
-  spc = config.steps_per_call
+  spc = train.steps_per_call(config)
   b = config.batch_size
   images = ds.train_images[:spc * b].reshape((spc, b) + ds.image_shape)
   labels = ds.train_labels[:spc * b].reshape((spc, b))
@@ -148,6 +148,7 @@ def main(argv):
   if FLAGS.batch_size:
     base.batch_size = FLAGS.batch_size
   mesh = parallel.make_mesh()
+  base.steps_per_call = train.steps_per_call(base)
   ds = fake_dataset(base, base.batch_size * base.steps_per_call)
   rows = {}
   for name in FLAGS.methods.split(','):

@@ -33,7 +33,6 @@ def get_config():
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.dtype = 'bfloat16'
-  c.steps_per_call = 10
   c.log_every = 100
   c.eval_every = 5
   c.monitor.attack = 'pgd(norm=linf, eps=8/255, steps=10, step_size=2/255)'

@@ -24,7 +24,6 @@ def get_config():
   c.batch_size = 512
   c.eval_batch_size = 1000
   c.dtype = 'bfloat16'
-  c.steps_per_call = 10
   c.log_every = 100
   c.eval_every = 5
   return c

@@ -53,7 +53,7 @@ def get_config():
   c.eval_batch_size = 1000        # global eval batch (last one padded and masked)
   c.dtype = 'float32'             # compute dtype: float32 | bfloat16 (params stay float32)
   c.sync_bn = True                # BatchNorm batch statistics over the global batch (else per device)
-  c.steps_per_call = 1            # train steps fused into one jit call (lax.scan; keep 1 on CPU)
+  c.steps_per_call = 0            # train steps fused into one jit call (lax.scan); 0 = auto: 1 on CPU, 10 on GPU/TPU
   c.log_every = 100               # steps between metric fetches (no host sync in between)
   c.eval_every = 1                # epochs between clean test evaluations (0 = only at the end)
   c.checkpoint_every = 1          # epochs between checkpoints (the final one is always saved)

@@ -23,7 +23,6 @@ def get_config():
   c.eval_every = 0
   c.checkpoint_every = 0
   c.log_every = 50
-  c.steps_per_call = 1  # on CPU, XLA runs a scan of steps several times slower
   c.monitor.attack = ''  # one epoch: nothing to stop early
   c.method.eps = 0.1
   c.method.step_size = 0.125

@@ -30,7 +30,6 @@ def get_config():
   c.optim.schedule = 'constant'
   c.num_epochs = 128
   c.batch_size = 128
-  c.steps_per_call = 10
   c.log_every = 100
   c.eval_every = 16
   c.checkpoint_every = 16

@@ -88,6 +88,20 @@ def setup(config, ds, mesh):
               total_batches=total_batches, schedule=schedule)
 
 
+# steps_per_call=0 (auto): XLA:CPU runs weight-gradient convolutions inside
+# loops ~40x slower than outside (bench/RESULTS.md), so one step per call there.
+AUTO_STEPS_PER_CALL = {'cpu': 1}
+AUTO_STEPS_PER_CALL_ACCELERATOR = 10
+
+
+def steps_per_call(config, backend=None):
+  """config.steps_per_call, with 0 resolved for the backend."""
+  if config.steps_per_call > 0:
+    return config.steps_per_call
+  backend = jax.default_backend() if backend is None else backend
+  return AUTO_STEPS_PER_CALL.get(backend, AUTO_STEPS_PER_CALL_ACCELERATOR)
+
+
 def make_train_fn(config, model, method, mesh, specs, augment_kind,
                   on_device=False):
   """jit(shard_map(scan)) running a chunk of steps.
@@ -268,6 +282,7 @@ def train_and_evaluate(config, workdir):
     batches_done = total  # finished by early stopping: nothing to resume
     status = 'early-stopped (in an earlier run; the best state was kept)'
   pidx, pcount = jax.process_index(), jax.process_count()
+  spc = steps_per_call(config)
 
   def test_accuracy(st):
     return evaluate.accuracy(st, ds.test_images, ds.test_labels, mesh=mesh,
@@ -288,7 +303,7 @@ def train_and_evaluate(config, workdir):
       epoch, offset = divmod(batches_done, spe)
       epoch_stop = min(spe, total - epoch * spe)
       for chunk in data.train_chunks(
-          ds, config.batch_size, config.seed, epoch, config.steps_per_call,
+          ds, config.batch_size, config.seed, epoch, spc,
           process_index=pidx, process_count=pcount, start_step=offset,
           gather=not on_device):
         if on_device:
@@ -366,6 +381,7 @@ def train_and_evaluate(config, workdir):
       'steps': int(state.step),
       'device_kind': jax.devices()[0].device_kind,
       'data_feed': 'device' if on_device else 'host',
+      'steps_per_call': spc,
       'num_devices': jax.device_count(),
       'wall_time_s': t_end - t_start,
       'train_images': (batches_done - start_batches) * config.batch_size,

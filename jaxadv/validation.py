@@ -33,7 +33,7 @@ def validate_config(config, num_devices=None, num_processes=None):
                    else num_processes)
   for key in ('num_epochs', 'optim.lr'):
     _positive(config, key)
-  for key in ('batch_size', 'eval_batch_size', 'steps_per_call', 'log_every',
+  for key in ('batch_size', 'eval_batch_size', 'log_every',
               'keep_checkpoints'):
     _positive(config, key, integer=True)
   for key in ('batch_size', 'eval_batch_size'):
@@ -43,6 +43,10 @@ def validate_config(config, num_devices=None, num_processes=None):
     require(config[key] % num_processes == 0,
             f'config.{key}={config[key]} is not divisible by the '
             f'{num_processes} processes')
+  spc = config.steps_per_call
+  require(isinstance(spc, int) and not isinstance(spc, bool) and spc >= 0,
+          f'config.steps_per_call={spc!r} must be an integer >= 0 '
+          '(0 = auto: 1 on CPU, 10 on GPU/TPU)')
   require(config.eval_every >= 0 and config.checkpoint_every >= 0,
           'config.eval_every and config.checkpoint_every must be >= 0 epochs')
   require(config.dtype in ('float32', 'bfloat16'),

@@ -149,7 +149,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
     ({'optim.schedule': 'zigzag'}, 'valid: constant'),
     ({'dtype': 'float16'}, "config.dtype='float16'"),
     ({'data.train_fraction': 1.5}, 'config.data.train_fraction'),
-    ({'steps_per_call': 0}, 'config.steps_per_call=0'),
+    ({'steps_per_call': -1}, 'config.steps_per_call=-1'),
     ({'data.feed': 'disk'}, "config.data.feed='disk'; valid: auto, device"),
 ])
 def test_config_validation_names_the_key(tiny_data_dir, overrides, needle):
@@ -224,3 +224,12 @@ def test_model_normalize_switch(tiny_data_dir):
   v = on.init(jax.random.key(0), x)
   # Same weights, different first op: different logits.
   assert not np.allclose(on.apply(v, x), off.apply(v, x))
+
+
+def test_steps_per_call_auto(tiny_data_dir):
+  config = tiny_config(tiny_data_dir, steps_per_call=0)
+  assert train.steps_per_call(config, 'cpu') == 1
+  assert train.steps_per_call(config, 'gpu') == 10
+  assert train.steps_per_call(config, 'tpu') == 10
+  config.steps_per_call = 3
+  assert train.steps_per_call(config, 'cpu') == 3
