@@ -12,6 +12,8 @@
 #   mnistpgd    configs/mnist_pgd.py (PGD-8, 128 epochs) + PGD-100x10      [~5 min]
 #   mnistfast   configs/mnist_fast.py + PGD-50x10                          [~1 min]
 #   c10free     configs/cifar10_free.py + PGD-50x10                        [~4 min]
+#   kappa       attacker-strength study (Bhat et al. Table 1), kappa 1..16,
+#               KAPPA_EPOCHS (default 16) epochs each, 1,000 test images  [~8 min]
 #   c10l2       configs/cifar10_standard.py, cifar10_fast_l2.py,
 #               cifar10_pgd_l2.py, then the three-curve L2 sweep           [~8 min]
 #
@@ -26,14 +28,18 @@ RUNS=${RUNS:-/tmp/jaxadv_runs}
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1
 export JAXADV_DATA_DIR=${JAXADV_DATA_DIR:-$PWD/.data}
-if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c 'import ml_collections' 2>/dev/null; then
+PY=${PY:-python3}
+STAGES="throughput c10fast c10pgd c10free mnistpgd mnistfast kappa c10l2"
+for stage in "$@"; do
+  [[ " $STAGES " == *" $stage "* ]] || { echo "unknown stage '$stage'; valid: $STAGES" >&2; exit 2; }
+done
+if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c 'import ml_collections' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-PY=${PY:-python3}
 LOG="$OUT/suite.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >>"$LOG" 2>&1 || true
-python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' >>"$LOG" 2>&1
+$PY -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' >>"$LOG" 2>&1
 
 train() {  # train NAME CONFIG [overrides...]: main.py, results.json to $OUT/NAME.json
   local name=$1 config=$2; shift 2
@@ -58,6 +64,11 @@ for stage in "$@"; do
     c10free) train c10_free configs/cifar10_free.py ;;
     mnistpgd) train mnist_pgd configs/mnist_pgd.py ;;
     mnistfast) train mnist_fast configs/mnist_fast.py ;;
+    kappa)
+      $PY -m jaxadv.attacker_strength --config configs/mnist_pgd.py --workdir "$RUNS/kappa" \
+        --kappas 1,2,4,8,16 --num_examples 1000 --config.num_epochs=${KAPPA_EPOCHS:-16} \
+        --config.progress=False 2>&1 | tee -a "$LOG"
+      cp "$RUNS/kappa/table1.md" "$OUT/" 2>/dev/null || true ;;
     c10l2)
       train c10_standard configs/cifar10_standard.py
       train c10_fast_l2 configs/cifar10_fast_l2.py
@@ -66,8 +77,6 @@ for stage in "$@"; do
         --attack 'pgd(norm=l2, steps=20, restarts=2)' --eps 0,0.25,0.5,0.75,1,1.25,1.5,2 \
         --num_examples 5000 --out "$RUNS/l2_sweep" 2>&1 | tee -a "$LOG"
       cp "$RUNS/l2_sweep/sweep.png" "$RUNS/l2_sweep/sweep.md" "$OUT/" 2>/dev/null || true ;;
-    *) echo "unknown stage '$stage'; valid: throughput c10fast c10pgd c10free mnistpgd mnistfast c10l2" >&2
-       exit 2 ;;
   esac
 done
 
