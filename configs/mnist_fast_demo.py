@@ -18,6 +18,8 @@ from configs import mnist_fast
 def get_config():
   c = mnist_fast.get_config()
   c.model.name = 'cnn5'
+  c.model.normalize = True   # mnist_fast.py feeds raw pixels to Wong's net
+  c.method.clip_start = True  # at eps 0.1 the clipped start trains well
   c.optim.lr = 1e-3
   c.num_epochs = 1
   c.eval_every = 0
