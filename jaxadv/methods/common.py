@@ -4,6 +4,8 @@ A method's `train_step(state, batch, rng)` sees a local shard of the batch
 when the trainer runs it under shard_map; `axis_name` (None outside a mesh)
 is where gradients and BatchNorm statistics are averaged.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -181,3 +183,18 @@ def check_fraction(config, key):
   v = method_value(config, key, 0.0)
   if not _is_number(v) or not 0.0 <= v <= 1.0:
     _error(f'config.method.{key}={v!r} must be in [0, 1]')
+
+
+def attack_then_train_step(adversarial_examples, config, clean_weight,
+                           axis_name):
+  """train_step(state, batch, rng) of a method that crafts inputs with
+  adversarial_examples(state, x, y, rng, config) and trains on them
+  (adversarial_train_step)."""
+  attack = functools.partial(adversarial_examples, config=config)
+
+  def train_step(state, batch, rng):
+    return adversarial_train_step(
+        state, batch, rng, adversarial_examples=attack,
+        clean_weight=clean_weight, axis_name=axis_name)
+
+  return train_step

@@ -67,12 +67,6 @@ def make_train_step(config, model, axis_name=None):
   each (sum, count) over the local batch.
   """
   del model
-  attack = functools.partial(adversarial_examples, config=config)
-  clean_weight = settings(config)['clean_weight']
-
-  def train_step(state, batch, rng):
-    return common.adversarial_train_step(
-        state, batch, rng, adversarial_examples=attack,
-        clean_weight=clean_weight, axis_name=axis_name)
-
-  return train_step
+  return common.attack_then_train_step(
+      adversarial_examples, config, settings(config)['clean_weight'],
+      axis_name)
