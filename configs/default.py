@@ -48,7 +48,7 @@ def get_config():
   c.optim.poly_power = 0.9        # poly: lr * (1 - epoch/num_epochs) ** power (GREAT)
   c.optim.grad_clip = 0.0         # >0: clip the global gradient norm
 
-  c.num_epochs = 2                # passes over the train split (Free divides by its replays)
+  c.num_epochs = 2                # passes over the train split (Free makes m updates per batch)
   c.batch_size = 128              # global batch, split over all devices
   c.eval_batch_size = 1000        # global eval batch (last one padded and masked)
   c.dtype = 'float32'             # compute dtype: float32 | bfloat16 (params stay float32)
@@ -68,6 +68,10 @@ def get_config():
   c.eval.seed = 0                 # seed of the subset and of the attacks' random starts
   c.eval.batch_size = 500         # attack batch size
   c.eval.at_end = False           # run config.eval.attacks after training finishes
+  c.eval.dtype = 'float32'        # compute dtype of evaluation ('' = config.dtype): a bf16-trained
+                                  # model is evaluated on its float32 weights, as the PyTorch
+                                  # references do (model.float()), so attack gradients are not
+                                  # quantized
 
   # Catastrophic-overfitting monitor (Wong et al.'s early stopping): every epoch,
   # `attack` on a fixed training minibatch; a drop of more than `max_drop` below

@@ -610,10 +610,12 @@ ATTACKS: dict[str, Attack] = {
 
 TARGETS = ('random', 'worst')
 # Canonical order of spec keys in str(spec).
-_KEY_ORDER = ('norm', 'eps', 'steps', 'step_size', 'alpha', 'restarts', 'random_start', 'loss',
-              'target', 'rho', 'num_target_classes', 'restart_batching')
+_KEY_ORDER = ('norm', 'eps', 'steps', 'step_size', 'alpha', 'restarts', 'random_start',
+              'clip_start', 'loss', 'target', 'rho', 'num_target_classes', 'restart_batching')
+_BOOLEANS = ('random_start', 'clip_start')
 _CHOICES = {'norm': NORMS, 'loss': LOSSES, 'target': TARGETS,
-            'random_start': ('true', 'false'), 'restart_batching': RESTART_BATCHING}
+            'random_start': ('true', 'false'), 'clip_start': ('true', 'false'),
+            'restart_batching': RESTART_BATCHING}
 _POSITIVE_INTS = ('steps', 'restarts', 'num_target_classes')
 Value = Any  # int | float | fractions.Fraction | bool | str
 
@@ -631,7 +633,7 @@ def _check_value(name: str, key: str, value: Value) -> Value:
     text = str(value).lower() if isinstance(value, bool) else value
     if text not in _CHOICES[key]:
       raise ValueError(f'{key} must be one of {", ".join(_CHOICES[key])}, got {value!r}')
-    return text == 'true' if key == 'random_start' else text
+    return text == 'true' if key in _BOOLEANS else text
   is_number = isinstance(value, (int, float, fractions.Fraction)) and not isinstance(value, bool)
   if key in _POSITIVE_INTS:
     if not is_number or int(value) != value or value < 1:
@@ -686,6 +688,13 @@ class AttackSpec:
       raise ValueError(f'eps is required for attack {self.name!r}')
     params = tuple(sorted(((k, _check_value(self.name, k, v)) for k, v in items),
                           key=lambda kv: _KEY_ORDER.index(kv[0])))
+    given = dict(params)
+    if given.get('norm', 'linf') == 'linf' and given.get('eps', 0) > 1:
+      raise ValueError(f'eps={_format_value(given["eps"])} must be <= 1 for norm=linf: '
+                       'pixel scale, e.g. eps=8/255, not eps=8')
+    if given.get('random_start') is False and given.get('restarts', 1) > 1:
+      raise ValueError(f'restarts={given["restarts"]} with random_start=false runs the same '
+                       'attack repeatedly; use restarts=1 or random_start=true')
     object.__setattr__(self, 'params', params)
 
   def __str__(self) -> str:
@@ -700,14 +709,16 @@ class AttackSpec:
     return {k: float(v) if isinstance(v, fractions.Fraction) else v for k, v in self.params}
 
   def describe(self) -> dict[str, Any]:
-    """Resolved settings: attack, norm, eps, steps, step_size, restarts, loss, target.
+    """Resolved settings: attack, norm, eps, steps, step_size, restarts, loss, target,
+    random_start.
 
     step_size is the per-step move (for APGD the initial 2 * eps); for apgd_t, loss is
     'dlr_targeted' and target 'top<T>' (T target classes, capped at C - 1 when run).
+    random_start is the attack's random_start key (None for attacks without one).
     """
     if self.name == 'clean':
       return dict(attack='clean', norm=None, eps=0.0, steps=0, step_size=0.0, restarts=0,
-                  loss=None, target=None)
+                  loss=None, target=None, random_start=None)
     params = inspect.signature(ATTACKS[self.name]).parameters.values()
     kw = {p.name: p.default for p in params
           if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty}
@@ -729,7 +740,7 @@ class AttackSpec:
     target = f'top{kw["num_target_classes"]}' if self.name == 'apgd_t' else kw.get('target')
     return dict(attack=self.name, norm=kw.get('norm', 'linf'), eps=eps, steps=int(steps),
                 step_size=float(step_size), restarts=int(kw.get('restarts', 1)), loss=loss,
-                target=target)
+                target=target, random_start=kw.get('random_start'))
 
 
 _SPEC_RE = re.compile(r'^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$', re.S)

@@ -6,7 +6,7 @@ global batch and masks the padding, and sums are reduced over devices.
 
 Records (one dict per evaluated attack) carry the attack's resolved settings
 (`AttackSpec.describe()`: attack, norm, eps in pixel scale, steps, step_size,
-restarts, loss, target) plus name, seed, num_examples, accuracy (in [0, 1])
+restarts, loss, target, random_start) plus name, seed, num_examples, accuracy (in [0, 1])
 and seconds. Records of several models also carry `model` (the evaluated
 model) and, for black-box transfer, `source` (the model the attack ran on).
 """
@@ -39,15 +39,28 @@ def make_accuracy_fn(mesh, specs, attack=None):
   attack: None for clean accuracy, else fn(logits_fn, rng, x, y, *args) ->
   x_adv run against the model in inference mode (no statistics updated);
   `args` (e.g. a traced eps) are replicated arguments of the returned
-  fn(state, images, labels, mask, rng, *args).
+  fn(state, images, labels, mask, rng, *args). `images` may also be a pair
+  (x_adv, x) of precomputed inputs and their clean originals (transfer).
+
+  Under an attack (or for a pair) an example counts as correct only when the
+  model classifies both the clean input and the attacked one correctly, as
+  robust accuracy is defined (and AutoAttack counts it): the clean input is
+  itself a point of the threat model, and an attack, a targeted one above
+  all, can return a point classified correctly when the clean input is not.
   """
   def batch_accuracy(state, images, labels, mask, rng, *args):
-    x = data.to_float(images)
+    model = common.logits_fn(state)
+    paired = isinstance(images, tuple)  # (precomputed x_adv, clean x)
+    x, x_clean = ((data.to_float(images[0]), data.to_float(images[1]))
+                  if paired else (data.to_float(images),) * 2)
     if attack is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
-      x = attack(common.logits_fn(state), rng, x, labels, *args)
-    logits = common.logits_fn(state)(x)
-    ok = common.correct(logits, labels)
+      x = attack(model, rng, x, labels, *args)
+    ok = common.correct(model(x), labels)
+    if attack is not None or paired:
+      # x itself lies in the threat model: an example the model gets wrong
+      # is never robust, whatever point the attack returned.
+      ok = ok * common.correct(model(x_clean), labels)
     return jax.lax.psum(common.summed(ok, mask), parallel.AXIS)
 
   b = P(parallel.AXIS)
@@ -73,19 +86,25 @@ def _global_batches(images, labels, batch_size, mesh):
   pidx, pcount = jax.process_index(), jax.process_count()
   ndev = mesh.devices.size
   batch_size = min(batch_size, max(-(-len(labels) // ndev) * ndev, ndev))
-  for i, batch in enumerate(data.eval_batches(
-      images, labels, batch_size, process_index=pidx, process_count=pcount)):
+  paired = isinstance(images, tuple)
+  streams = [data.eval_batches(a, labels, batch_size, process_index=pidx,
+                               process_count=pcount)
+             for a in (images if paired else (images,))]
+  for i, batches in enumerate(zip(*streams)):
+    image = tuple(b['image'] for b in batches)
     yield i, parallel.put_local_batch(
-        (batch['image'], batch['label'], batch['mask']), mesh,
-        P(parallel.AXIS))
+        (image if paired else image[0], batches[0]['label'],
+         batches[0]['mask']), mesh, P(parallel.AXIS))
 
 
 def accuracy(state, images, labels, *, mesh, specs, batch_size, attack=None,
              seed=0, accuracy_fn=None, attack_args=()):
   """Accuracy of `state` on images (N, H, W, C), all N counted once.
 
-  images: uint8 0..255 or float pixels in [0, 1] (e.g. adversarial
-  examples). Batch i attacks with key fold_in(PRNGKey(seed), i), folded with
+  images: uint8 0..255 or float pixels in [0, 1]; or a pair (x_adv, x) of
+  precomputed adversarial examples and their clean originals, counted as
+  robust accuracy (see make_accuracy_fn). With `attack`, accuracy is robust
+  accuracy: correct on the clean and on the attacked input. Batch i attacks with key fold_in(PRNGKey(seed), i), folded with
   the device index. attack_args: extra replicated arguments of the attack
   (see make_accuracy_fn).
 
@@ -146,9 +165,11 @@ def record(spec, accuracy_value, num_examples, seed, seconds, **extra):
 
 
 def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
-                batch_size, num_examples=0, seed=0):
+                batch_size, num_examples=0, seed=0, dtype=None):
   """Accuracy under each attack spec on the same seeded subset; one record
-  per attack (see the module docstring). 'clean' is a valid spec."""
+  per attack (see the module docstring). 'clean' is a valid spec. `dtype`,
+  the model's compute dtype, is recorded when given."""
+  extra = {} if dtype is None else {'dtype': dtype}
   images, labels = subset(images, labels, num_examples, seed)
   records = []
   for spec_text in attack_specs:
@@ -157,7 +178,7 @@ def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
     t0 = time.time()
     acc, n = accuracy(state, images, labels, mesh=mesh, specs=specs,
                       batch_size=batch_size, attack=fn, seed=seed)
-    records.append(record(spec, acc, n, seed, time.time() - t0))
+    records.append(record(spec, acc, n, seed, time.time() - t0, **extra))
   return records
 
 
@@ -216,7 +237,7 @@ def sanity_flags(records):
   def same(a, b, keys):
     return all(a.get(k) == b.get(k) for k in keys)
 
-  family = ('model', 'attack', 'norm', 'eps', 'loss', 'target')
+  family = ('model', 'attack', 'norm', 'eps', 'loss', 'target', 'random_start')
   for a in wb:
     for b in wb:
       if a is b or a.get('attack') == 'clean' or not same(a, b, family):
@@ -247,7 +268,7 @@ def sanity_flags(records):
             f'{r["model"]} is failing (gradient masking?)')
 
   settings = ('model', 'attack', 'norm', 'steps', 'restarts', 'loss',
-              'target')
+              'target', 'random_start')
   for a in wb:
     for b in wb:
       if (a.get('attack') != 'clean' and same(a, b, settings)
@@ -343,7 +364,7 @@ def load_workdir(workdir, mesh=None):
 
   The model, state layout and data come from <workdir>/config.json; the
   state is the latest checkpoint in <workdir>/checkpoints, placed on `mesh`
-  (default: all devices).
+  (default: all devices), its model computing in the run's eval.dtype.
   """
   from jaxadv import train  # pylint: disable=g-import-not-at-top  (train imports evaluate)
   config = load_config(workdir)
@@ -359,7 +380,7 @@ def load_workdir(workdir, mesh=None):
     state, _ = ckpt.restore(s['state'])
   finally:
     ckpt.close()
-  return config, state, s['specs'], mesh, ds
+  return config, train.for_eval(config, ds, state), s['specs'], mesh, ds
 
 
 def parse_list(text):

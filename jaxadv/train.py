@@ -44,16 +44,33 @@ def load_data(config):
     raise validation.ConfigError(str(e)) from None
 
 
-def build_model(config, ds, axis_name=None):
+def build_model(config, ds, axis_name=None, dtype=None):
   """The config's model for dataset `ds` (normalization inside the model,
-  with the dataset's mean and std unless config.model.normalize is False)."""
+  with the dataset's mean and std unless config.model.normalize is False),
+  computing in `dtype` (default config.dtype)."""
   normalize = config.model.get('normalize', True)
   return models.get_model(
       config.model.name, num_classes=ds.num_classes,
       mean=ds.mean if normalize else None, std=ds.std if normalize else None,
-      dtype=DTYPES[config.dtype], activation=config.model.activation,
+      dtype=DTYPES[dtype or config.dtype], activation=config.model.activation,
       bn_axis_name=axis_name if config.sync_bn else None,
       dual_bn=config.model.dual_bn, **dict(config.model.kwargs))
+
+
+def eval_dtype(config):
+  """The compute dtype of evaluation: config.eval.dtype, '' = config.dtype."""
+  return config.eval.get('dtype', '') or config.dtype
+
+
+def for_eval(config, ds, state):
+  """`state` with a model computing in eval_dtype(config); same weights
+  (float32 master parameters and statistics), so a bf16-trained model is
+  evaluated in float32 by default."""
+  dtype = eval_dtype(config)
+  if dtype == config.dtype:
+    return state
+  return state.replace(
+      apply_fn=build_model(config, ds, parallel.AXIS, dtype=dtype).apply)
 
 
 def setup(config, ds, mesh):
@@ -392,14 +409,18 @@ def train_and_evaluate(config, workdir):
   }
   if not status.startswith('interrupted'):
     last = history[-1] if history else {}
-    results['test_accuracy'] = (last['test_accuracy'] if 'test_accuracy' in
-                                last and status == 'completed' else
-                                test_accuracy(state))
+    eval_state = for_eval(config, ds, state)
+    results['eval_dtype'] = eval_dtype(config)
+    results['test_accuracy'] = (
+        last['test_accuracy'] if 'test_accuracy' in last and
+        status == 'completed' and eval_state is state else
+        test_accuracy(eval_state))
     if config.eval.at_end and config.eval.attacks:
       results['robust'] = evaluate.run_attacks(
-          state, ds.test_images, ds.test_labels, config.eval.attacks,
+          eval_state, ds.test_images, ds.test_labels, config.eval.attacks,
           mesh=mesh, specs=specs, batch_size=config.eval.batch_size,
-          num_examples=config.eval.num_examples, seed=config.eval.seed)
+          num_examples=config.eval.num_examples, seed=config.eval.seed,
+          dtype=results['eval_dtype'])
       evaluate.write_report(results['robust'], workdir)
       results['warnings'] = evaluate.sanity_flags(results['robust'])
   if is_main:
@@ -458,15 +479,17 @@ def evaluate_checkpoint(config, workdir):
         'point --workdir at a finished run')
   state, _ = ckpt.restore(s['state'])
   ckpt.close()
+  state = for_eval(config, ds, state)
   acc, n = evaluate.accuracy(state, ds.test_images, ds.test_labels, mesh=mesh,
                              specs=s['specs'],
                              batch_size=config.eval_batch_size)
   out = {'step': int(state.step), 'test_accuracy': acc, 'num_examples': n,
-         'robust': []}
+         'eval_dtype': eval_dtype(config), 'robust': []}
   if config.eval.attacks:
     out['robust'] = evaluate.run_attacks(
         state, ds.test_images, ds.test_labels, config.eval.attacks,
         mesh=mesh, specs=s['specs'], batch_size=config.eval.batch_size,
-        num_examples=config.eval.num_examples, seed=config.eval.seed)
+        num_examples=config.eval.num_examples, seed=config.eval.seed,
+        dtype=out['eval_dtype'])
     out['table'] = evaluate.write_report(out['robust'], workdir)
   return out

@@ -65,9 +65,10 @@ def transfer_matrix(models, images, labels, attack, *, batch_size,
     for t in names:
       t_state, t_specs, t_mesh = models[t]
       t1 = time.time()
-      acc, n = evaluate.accuracy(t_state, x_adv, labels, mesh=t_mesh,
-                                 specs=t_specs, batch_size=batch_size,
-                                 accuracy_fn=fns[t])
+      # Counted as robust accuracy: correct on x_adv and on x.
+      acc, n = evaluate.accuracy(t_state, (x_adv, images), labels,
+                                 mesh=t_mesh, specs=t_specs,
+                                 batch_size=batch_size, accuracy_fn=fns[t])
       row.append(acc)
       records.append(evaluate.record(spec, acc, n, seed, time.time() - t1,
                                      source=s, model=t))

@@ -491,13 +491,22 @@ def test_parse_round_trip_property(name, data):
       'norm': st.sampled_from(A.NORMS), 'eps': st.fractions(0, 1, max_denominator=1000),
       'steps': st.integers(1, 500), 'step_size': st.floats(1e-4, 1.0),
       'alpha': st.floats(0.01, 1.0), 'restarts': st.integers(1, 20),
-      'random_start': st.booleans(), 'loss': st.sampled_from(A.LOSSES),
+      'random_start': st.booleans(), 'clip_start': st.booleans(),
+      'loss': st.sampled_from(A.LOSSES),
       'target': st.sampled_from(A.TARGETS), 'rho': st.floats(0.01, 1.0),
       'num_target_classes': st.integers(1, 20),
       'restart_batching': st.sampled_from(A.RESTART_BATCHING)}
   keys = A._spec_keys(name)
   chosen = data.draw(st.lists(st.sampled_from(keys), unique=True)) + ['eps']
   params = {k: data.draw(values[k]) for k in dict.fromkeys(chosen)}
+  if params.get('random_start') is False and params.get('restarts', 1) > 1:
+    with pytest.raises(ValueError, match='random_start=false'):
+      A.AttackSpec(name, params)
+    return
+  if params.get('norm', 'linf') == 'linf' and params['eps'] > 1:
+    with pytest.raises(ValueError, match='norm=linf'):
+      A.AttackSpec(name, params)
+    return
   spec = A.AttackSpec(name, params)
   assert A.parse_attack(str(spec)) == spec
   assert A.parse_attack(str(spec)).describe() == spec.describe()
@@ -507,12 +516,12 @@ def test_describe_resolves_defaults():
   eps = 8 / 255
   d = A.parse_attack('pgd(eps=8/255)').describe()
   assert d == dict(attack='pgd', norm='linf', eps=eps, steps=10, step_size=2.5 * eps / 10,
-                   restarts=1, loss='ce', target=None)
+                   restarts=1, loss='ce', target=None, random_start=True)
   d = A.parse_attack('cw(eps=8/255, steps=100, norm=l2)').describe()
   assert (d['loss'], d['norm'], d['step_size']) == ('cw', 'l2', 2.5 * eps / 100)
   d = A.parse_attack('apgd_t(eps=8/255)').describe()
   assert d == dict(attack='apgd_t', norm='linf', eps=eps, steps=100, step_size=2 * eps,
-                   restarts=1, loss='dlr_targeted', target='top9')
+                   restarts=1, loss='dlr_targeted', target='top9', random_start=None)
   assert A.parse_attack('apgd_ce(eps=0.3)').describe()['loss'] == 'ce'
   assert A.parse_attack('fgsm(eps=0.3)').describe()['step_size'] == 0.3
   assert A.parse_attack('fgsm_rs(eps=0.2)').describe()['step_size'] == 1.25 * 0.2
@@ -534,6 +543,9 @@ def test_describe_resolves_defaults():
     ('pgd(eps=0.3, norm=l3)', ['norm', 'linf', 'l2']),
     ('pgd(eps=0.3, target=best)', ['target', 'random', 'worst']),
     ('pgd(eps=0.3, eps=0.1)', ['eps', 'twice']),
+    ('pgd(eps=8)', ['eps=8', '<= 1', 'norm=linf', '8/255']),
+    ('pgd(eps=0.3, restarts=5, random_start=false)', ['restarts=5', 'random_start']),
+    ('fgsm_rs(eps=0.3, clip_start=maybe)', ['clip_start', 'true', 'false']),
     ('pgd(steps=10)', ['eps', 'required']),
     ('pgd(eps)', ['key=value']),
     ('pgd(eps=1/0)', ['eps', 'zero']),
@@ -547,6 +559,17 @@ def test_parse_errors(text, expected):
   assert '\n' not in message
   for fragment in expected:
     assert fragment in message, message
+
+
+def test_spec_reaches_clip_start_and_large_l2_eps():
+  x, y = random_batch(3)
+  rng = key(5)
+  run = lambda fn: jax.jit(lambda r, x, y: fn(CONV, r, x, y))(rng, x, y)
+  for clip in (True, False):
+    got = run(A.make_attack(f'fgsm_rs(eps=0.3, clip_start={str(clip).lower()})'))
+    want = run(functools.partial(A.fgsm_rs, eps=0.3, clip_start=clip))
+    np.testing.assert_array_equal(got, want)
+  assert A.parse_attack('pgd(norm=l2, eps=2)').kwargs['eps'] == 2  # L2 eps may exceed 1
 
 
 def test_make_attack_matches_direct_call():

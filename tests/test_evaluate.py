@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -81,6 +82,32 @@ def test_clean_accuracy_counts_every_example_once(loaded):
                            batch_size=500) == (acc, 75)
 
 
+def test_robust_accuracy_needs_the_clean_input_right(loaded):
+  """An attack returning a point the model classifies correctly does not make
+  a misclassified example robust: x itself is in the threat model."""
+  _, state, specs, mesh, ds = loaded['cnn']
+  images = ds.test_images[:75]
+  rng = np.random.default_rng(0)
+  labels = (ds.test_labels[:75] + rng.integers(0, 2, 75)) % 10
+  # An "attack" answering with the previous example's image (one batch).
+  def previous_image(logits_fn, rng, x, y):
+    del logits_fn, rng, y
+    return jnp.roll(x, 1, axis=0)
+  acc, n = evaluate.accuracy(state, images, labels, mesh=mesh, specs=specs,
+                             batch_size=500, attack=previous_image)
+  pred = _predictions(state, images)
+  clean_ok, adv_ok = pred == labels, np.roll(pred, 1) == labels
+  assert (adv_ok & ~clean_ok).sum() >= 3   # the case the rule is for
+  assert n == 75
+  assert acc == pytest.approx(np.mean(adv_ok & clean_ok), abs=1e-9)
+  assert acc < np.mean(adv_ok)
+  # Precomputed (x_adv, x) pairs, as transfer evaluates them, count alike,
+  # across batch boundaries.
+  x_adv = np.roll(np.asarray(data.to_float(images)), 1, axis=0)
+  assert evaluate.accuracy(state, (x_adv, images), labels, mesh=mesh,
+                           specs=specs, batch_size=32) == (acc, 75)
+
+
 def test_subset_is_seeded_random_and_class_mixed():
   labels = np.repeat(np.arange(10), 30)          # sorted by class
   images = np.arange(300)[:, None]               # image i holds i
@@ -102,11 +129,13 @@ def test_run_attacks_records_and_report(loaded, tmp_path):
   records = evaluate.run_attacks(
       state, ds.test_images, ds.test_labels,
       ['clean', 'fgsm(eps=8/255)', 'pgd(eps=0.25, steps=2, restarts=2)'],
-      mesh=mesh, specs=specs, batch_size=16, num_examples=20, seed=5)
+      mesh=mesh, specs=specs, batch_size=16, num_examples=20, seed=5,
+      dtype='float32')
   assert [r['attack'] for r in records] == ['clean', 'fgsm', 'pgd']
   for r in records:
     assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
     assert r['num_examples'] == 20 and r['seed'] == 5
+    assert r['dtype'] == 'float32'
   assert records[1]['eps'] == pytest.approx(8 / 255)  # pixel scale
   assert records[2]['restarts'] == 2 and records[2]['steps'] == 2
   assert records[2]['step_size'] == pytest.approx(2.5 * 0.25 / 2)
