@@ -5,7 +5,8 @@
 Setting of Wong et al. (2020), "Fast is better than free": PreActResNet18,
 L-inf eps = 8/255, alpha = 10/255, 15 epochs, batch 128, SGD momentum 0.9,
 weight decay 5e-4, cyclic learning rate 0 -> 0.2 (at half of training) -> 0,
-mixed precision (bf16 here), crop + flip. The catastrophic-overfitting
+mixed precision (bf16 here), crop + flip, PyTorch's default initialization
+(model.kwargs.init='torch'). The catastrophic-overfitting
 monitor (their early stopping) runs PGD-10 on a training minibatch each epoch.
 Expected on the shared (JPEG) CIFAR-10: clean >= 76%, PGD-50 with 10 restarts
 (step 2/255) >= 43% (Wong et al.: 83.8% / 46.1% on the PNG data).
@@ -17,6 +18,7 @@ def get_config():
   c = default.get_config()
   c.data.name = 'cifar10'
   c.model.name = 'preact_resnet18'
+  c.model.kwargs.init = 'torch'  # PyTorch's default init, as their code
   c.method.name = 'fast'
   c.method.eps = 8 / 255
   c.method.step_size = 10 / 255

@@ -62,6 +62,11 @@ def validate_config(config, num_devices=None, num_processes=None):
   require(config.model.name in models_lib.MODELS,
           f"unknown model '{config.model.name}' (config.model.name); valid: "
           f"{', '.join(sorted(models_lib.MODELS))}")
+  try:  # model-specific kwargs (names and values); building is cheap
+    models_lib.get_model(config.model.name, num_classes=10, mean=None,
+                         std=None, **dict(config.model.kwargs))
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'config.model.kwargs: {e}') from None
   o = config.optim
   require(o.name in optim.OPTIMIZERS,
           f"unknown optimizer '{o.name}' (config.optim.name); valid: "
@@ -78,11 +83,21 @@ def validate_config(config, num_devices=None, num_processes=None):
   except ValueError as e:
     raise ConfigError(str(e)) from None
   method.validate(config)
+  require(not config.model.dual_bn or
+          methods_lib.trains_clean_bn(method, config),
+          f"config.model.dual_bn=True with method '{config.method.name}', "
+          'which trains on adversarial inputs only: the clean BatchNorm set '
+          'that evaluation uses would never be trained; set model.dual_bn='
+          'False (or, for pgd/fast, method.clean_weight > 0)')
   _validate_eval(config)
   return method
 
 
 def _validate_eval(config):
+  dtype = config.eval.get('dtype', '')
+  require(dtype in ('', 'float32', 'bfloat16'),
+          f"config.eval.dtype='{dtype}'; valid: float32, bfloat16, '' (= "
+          'config.dtype)')
   if not config.eval.attacks:
     return
   from jaxadv import attacks  # pylint: disable=g-import-not-at-top

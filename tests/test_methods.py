@@ -265,6 +265,31 @@ def test_validation_names_the_key(tiny_data_dir, name, method, needle):
   assert '\n' not in str(e.value)
 
 
+@pytest.mark.parametrize('name,method,ok', [
+    ('free', dict(eps=0.1, replays=2), False),
+    ('fast', dict(eps=0.1), False),
+    ('pgd', dict(eps=0.1, steps=2), False),
+    ('fast', dict(eps=0.1, clean_weight=0.5), True),
+    ('pgd', dict(eps=0.1, steps=2, clean_weight=0.5), True),
+    ('standard', {}, True),
+])
+def test_dual_bn_needs_clean_passes(tiny_data_dir, name, method, ok):
+  # Evaluation runs the clean BatchNorm set: a method that never trains it
+  # must not run with a second (adversarial) set.
+  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
+                                         'model.dual_bn': True})
+  config.method.name = name
+  for key, value in method.items():
+    config.method[key] = value
+  if ok:
+    validation.validate_config(config, num_devices=1, num_processes=1)
+    return
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_config(config, num_devices=1, num_processes=1)
+  assert 'config.model.dual_bn=True' in str(e.value)
+  assert '\n' not in str(e.value)
+
+
 CONFIGS = sorted(
     os.path.basename(p)[:-3]
     for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))

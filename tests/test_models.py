@@ -178,6 +178,32 @@ def test_resnet11_on_non_image_inputs():
         _shapes(model, (8, 8, 3))
 
 
+def test_preact_torch_init_matches_pytorch_defaults():
+    # Wong et al.'s PyTorch PreActResNet18 keeps PyTorch's default init: every conv and the fc
+    # U(+-1/sqrt(fan_in)) (std 1/sqrt(3 fan_in)), the fc bias too; 'he' is He-normal fan_out.
+    x = jnp.zeros((1, 32, 32, 3))
+    stds = {}
+    for init in ('he', 'torch'):
+        v = get_model('preact_resnet18', **CIFAR, init=init).init(jax.random.key(0), x)
+        p = v['params']
+        assert _count(p) == 11_172_170
+        w = np.asarray(p['stage1_block1']['conv1']['kernel'])       # 3x3x64 -> 64
+        stds[init] = w.std()
+        if init == 'torch':
+            assert np.abs(w).max() <= 1 / np.sqrt(9 * 64)
+            assert w.std() == pytest.approx(1 / np.sqrt(3 * 9 * 64), rel=0.05)
+            b = np.asarray(p['fc']['bias'])
+            assert np.all(np.abs(b) <= 1 / np.sqrt(512)) and np.abs(b).max() > 0
+            fc = np.asarray(p['fc']['kernel'])
+            assert fc.std() == pytest.approx(1 / np.sqrt(3 * 512), rel=0.1)
+        else:
+            assert w.std() == pytest.approx(np.sqrt(2 / (9 * 64)), rel=0.05)
+            assert not np.any(np.asarray(p['fc']['bias']))
+    assert stds['he'] > 2 * stds['torch']
+    with pytest.raises(ValueError, match='valid: he, torch'):
+        get_model('preact_resnet18', **CIFAR, init='xavier')
+
+
 def test_errors_list_valid_choices():
     with pytest.raises(ValueError, match="unknown model 'nope'; valid: cnn5, mnist_cnn"):
         get_model('nope', **CIFAR)

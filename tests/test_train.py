@@ -151,6 +151,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
     ({'data.train_fraction': 1.5}, 'config.data.train_fraction'),
     ({'steps_per_call': -1}, 'config.steps_per_call=-1'),
     ({'data.feed': 'disk'}, "config.data.feed='disk'; valid: auto, device"),
+    ({'eval.dtype': 'float16'}, "config.eval.dtype='float16'"),
+    ({'model.kwargs.stem': 'tiny'}, 'config.model.kwargs: '),
 ])
 def test_config_validation_names_the_key(tiny_data_dir, overrides, needle):
   config = tiny_config(tiny_data_dir, **overrides)
@@ -187,6 +189,7 @@ def test_main_end_to_end(tiny_data_dir, tmp_path):
   results = json.load(open(os.path.join(workdir, 'results.json')))
   assert results['status'] == 'completed'
   assert results['test_accuracy'] > 0.5  # the tiny classes are easy
+  assert results['eval_dtype'] == 'float32'
   lines = open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
   assert any('loss' in json.loads(l) for l in lines)
 
@@ -233,3 +236,24 @@ def test_steps_per_call_auto(tiny_data_dir):
   assert train.steps_per_call(config, 'tpu') == 10
   config.steps_per_call = 3
   assert train.steps_per_call(config, 'cpu') == 3
+
+
+def test_evaluation_runs_in_eval_dtype(tiny_data_dir):
+  # A bf16-trained model is evaluated on its float32 weights in float32 by
+  # default (eval.dtype); '' keeps the training dtype.
+  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
+                                         'dtype': 'bfloat16'})
+  assert config.eval.dtype == 'float32'
+  ds = train.load_data(config)
+  state = train.setup(config, ds, parallel.make_mesh())['state']
+  x = data.to_float(ds.test_images[:16])
+  logits = lambda st: np.asarray(st.apply_fn(st.variables(), x, train=False))
+  f32 = train.build_model(config, ds, dtype='float32')
+  want = np.asarray(f32.apply(state.variables(), x, train=False))
+  evaluated = train.for_eval(config, ds, state)
+  np.testing.assert_allclose(logits(evaluated), want, rtol=1e-6, atol=1e-6)
+  assert np.abs(logits(state) - want).max() > 1e-4      # bf16 differs
+  assert train.eval_dtype(config) == 'float32'
+  config.eval.dtype = ''
+  assert train.for_eval(config, ds, state) is state
+  assert train.eval_dtype(config) == 'bfloat16'

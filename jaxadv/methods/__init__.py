@@ -10,6 +10,10 @@ and optionally
       the global batch axis and are sharded over devices like the batch.
   updates_per_batch(config) -> int: optimizer updates one call of
       train_step makes (Free's replays); 1 if absent.
+  trains_clean_bn(config) -> bool: whether training makes clean passes,
+      which train the BatchNorm set that evaluation uses; False for methods
+      that train on adversarial inputs only (they cannot use model.dual_bn).
+      True if absent.
 Adding a method is one new module here plus an entry in METHODS; the trainer
 never changes.
 """
@@ -45,3 +49,8 @@ def init_method_state(method, config, global_batch_shape):
   state = fn(config, global_batch_shape) if fn else {}
   return {'per_example': state.get('per_example', {}),
           'shared': state.get('shared', {})}
+
+
+def trains_clean_bn(method, config):
+  fn = getattr(method, 'trains_clean_bn', None)
+  return bool(fn(config)) if fn else True

@@ -37,6 +37,12 @@ def validate(config):
   common.check_choice(config, 'clip_start', (True, False), True)
 
 
+def trains_clean_bn(config):
+  """Clean passes (which train the clean BatchNorm set) only with
+  clean_weight > 0."""
+  return settings(config)['clean_weight'] > 0
+
+
 def settings(config):
   """Resolved method keys as a dict (defaults filled in)."""
   v = functools.partial(common.method_value, config)

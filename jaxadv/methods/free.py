@@ -37,6 +37,12 @@ def updates_per_batch(config):
   return int(config.method.replays)
 
 
+def trains_clean_bn(config):
+  """Every pass is on x + delta: no clean BatchNorm pass."""
+  del config
+  return False
+
+
 def init_method_state(config, global_batch_shape):
   """delta = 0, float32 (global batch, H, W, C)."""
   del config

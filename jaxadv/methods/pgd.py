@@ -4,7 +4,8 @@ Method keys (config.method):
   eps           ball radius, pixel scale (L-inf 8/255 or 0.3; L2 e.g. 1.0).
   steps         K, PGD steps per training step (lax.fori_loop: compile size
                 does not grow with K).
-  step_size     alpha per step (default 2.5 * eps / K, Madry et al.).
+  step_size     alpha per step (default 2.5 * eps / K, the rule of Bhat et
+                al. and Madry et al.'s robustness library; the configs set it).
   norm          'linf' | 'l2' (default 'linf').
   random_start  start uniform in the eps ball (default True).
   clean_weight  w in (1 - w) CE(x_adv) + w CE(x) (default 0; GREAT's
@@ -33,6 +34,12 @@ def validate(config):
   common.check_choice(config, 'random_start', (True, False), True)
   common.check_fraction(config, 'clean_weight')
   common.check_choice(config, 'attack_bn', ('train', 'eval'), 'train')
+
+
+def trains_clean_bn(config):
+  """Clean passes (which train the clean BatchNorm set) only with
+  clean_weight > 0."""
+  return settings(config)['clean_weight'] > 0
 
 
 def settings(config):

@@ -14,6 +14,18 @@ Dtype = Any
 
 # He-normal with fan_out, as torchvision / most CIFAR ResNet code initializes convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# PyTorch's default Conv/Linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+torch_default_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def torch_bias_init(fan_in: int):
+    """PyTorch's default Conv/Linear bias init: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in ** 0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound)
+
+
+INITS = ('he', 'torch')  # kernel init choices of models that take `init`
 
 
 class BatchNorm(nn.Module):
@@ -140,12 +152,18 @@ class ModelBase(nn.Module):
         return make_norm(train, self.dual_bn, self.bn_axis_name, self.dtype)
 
 
-def conv(features: int, kernel: int, strides: int = 1, *, dtype: Dtype, name=None):
+def conv(features: int, kernel: int, strides: int = 1, *, dtype: Dtype, name=None,
+         kernel_init=conv_init):
     """Bias-free conv with symmetric padding k // 2 (torch-style, not SAME: differs at stride 2)."""
     return nn.Conv(features, (kernel, kernel), (strides, strides), padding=kernel // 2,
-                   use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_init,
+                   use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
                    name=name)
 
 
-def dense(features: int, *, dtype: Dtype, name=None):
+def dense(features: int, *, dtype: Dtype, name=None, fan_in: Optional[int] = None,
+          init: str = 'he'):
+    """Dense layer; init='torch' (needs fan_in) draws kernel and bias as PyTorch's Linear."""
+    if init == 'torch':
+        return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                        kernel_init=torch_default_init, bias_init=torch_bias_init(fan_in))
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)

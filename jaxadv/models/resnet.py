@@ -4,12 +4,14 @@ All take NHWC inputs with pixels in [0, 1] (normalized inside the model) and ret
 logits (N, num_classes). Convs are bias-free with torch-style padding (k // 2), so shapes and
 parameter counts match the PyTorch reference implementations.
 """
+import functools
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxadv.models.layers import ModelBase, conv, dense, get_activation
+from jaxadv.models.layers import (INITS, ModelBase, conv, conv_init, dense, get_activation,
+                                  torch_default_init)
 
 ModuleDef = Any
 
@@ -24,16 +26,18 @@ class PreActBlock(nn.Module):
     norm: ModuleDef
     act: Callable
     dtype: Any
+    kernel_init: Callable = conv_init
 
     @nn.compact
     def __call__(self, x, adv: bool = False):
+        conv_ = functools.partial(conv, dtype=self.dtype, kernel_init=self.kernel_init)
         out = self.act(self.norm(name='bn1')(x, adv))
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = conv(self.features, 1, self.strides, dtype=self.dtype, name='shortcut')(out)
-        out = conv(self.features, 3, self.strides, dtype=self.dtype, name='conv1')(out)
+            shortcut = conv_(self.features, 1, self.strides, name='shortcut')(out)
+        out = conv_(self.features, 3, self.strides, name='conv1')(out)
         out = self.act(self.norm(name='bn2')(out, adv))
-        out = conv(self.features, 3, dtype=self.dtype, name='conv2')(out)
+        out = conv_(self.features, 3, name='conv2')(out)
         return out + shortcut
 
 
@@ -86,24 +90,31 @@ def _projection(x, features, strides, norm, dtype, adv):
 class PreActResNet(ModelBase):
     """Pre-activation ResNet: 3x3 stem conv, stages of PreActBlocks, BN + act, global avg pool, fc.
 
-    Defaults give PreActResNet-18 (Wong et al. 2020): 11,171,146 parameters on CIFAR-10.
+    Defaults give PreActResNet-18 (Wong et al. 2020): 11,172,170 parameters on CIFAR-10.
+    init_scheme='he': convs He-normal (fan_out), fc flax's default (lecun normal, zero bias);
+    'torch': PyTorch's defaults, as the PyTorch code of Wong et al. initializes it
+    (convs and fc U(+-1/sqrt(fan_in)), fc bias likewise).
     """
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     widths: Sequence[int] = (64, 128, 256, 512)
     strides: Sequence[int] = (1, 2, 2, 2)
     stem_width: int = 64
+    init_scheme: str = 'he'  # not `init`: that is Module.init
 
     @nn.compact
     def __call__(self, x, train: bool = False, adv: bool = False):
+        kernel_init = torch_default_init if self.init_scheme == 'torch' else conv_init
         act, norm = get_activation(self.activation), self.norm(train)
-        x = conv(self.stem_width, 3, dtype=self.dtype, name='stem')(self.prepare(x))
+        x = conv(self.stem_width, 3, dtype=self.dtype, name='stem',
+                 kernel_init=kernel_init)(self.prepare(x))
         for i, (n, width, strides) in enumerate(zip(self.stage_sizes, self.widths, self.strides)):
             for j in range(n):
                 x = PreActBlock(width, strides if j == 0 else 1, norm, act, self.dtype,
-                                name=f'stage{i + 1}_block{j + 1}')(x, adv)
+                                kernel_init, name=f'stage{i + 1}_block{j + 1}')(x, adv)
         x = act(norm(name='bn_final')(x, adv))
         x = jnp.mean(x, axis=(1, 2))
-        return dense(self.num_classes, dtype=self.dtype, name='fc')(x).astype(jnp.float32)
+        return dense(self.num_classes, dtype=self.dtype, name='fc', fan_in=x.shape[-1],
+                     init=self.init_scheme)(x).astype(jnp.float32)
 
 
 class ResNet(ModelBase):
@@ -148,9 +159,12 @@ def _check_stem(stem):
     return stem
 
 
-def preact_resnet18(**common):
-    """PreActResNet-18 as in Wong et al. (2020) fast adversarial training."""
-    return PreActResNet(**common)
+def preact_resnet18(*, init: str = 'he', **common):
+    """PreActResNet-18 as in Wong et al. (2020) fast adversarial training; init='torch'
+    initializes it as their PyTorch code does."""
+    if init not in INITS:
+        raise ValueError(f"init={init!r} (config.model.kwargs.init); valid: {', '.join(INITS)}")
+    return PreActResNet(init_scheme=init, **common)
 
 
 def resnet18(*, stem: str = 'cifar', **common):

@@ -3,7 +3,8 @@ GREAT supplement."""
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxadv.models.layers import ModelBase, conv, conv_init, dense, get_activation
+from jaxadv.models.layers import (ModelBase, conv, conv_init, dense, get_activation,
+                                  torch_default_init)
 
 
 class MnistCNN(ModelBase):
@@ -24,10 +25,6 @@ class MnistCNN(ModelBase):
         x = x.reshape(x.shape[0], -1)
         x = act(dense(1024, dtype=self.dtype, name='fc1')(x))
         return dense(self.num_classes, dtype=self.dtype, name='fc2')(x).astype(jnp.float32)
-
-
-# PyTorch's default Conv/Linear init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
-torch_default_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
 class WongMnistNet(ModelBase):
