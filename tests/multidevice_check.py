@@ -35,9 +35,16 @@ def run_steps(config, ds, devices, steps=3):
   return state, parallel.fetch(metrics), mesh, s['specs']
 
 
+def max_abs_diff(a, b):
+  """Largest |difference| over params and BatchNorm statistics."""
+  leaves = lambda s: jax.tree_util.tree_leaves((s.params, s.batch_stats))
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(leaves(a), leaves(b)))
+
+
 def main(workdir, data_dir):
   out = {'devices': jax.device_count()}
-  diffs = {}
+  diffs, updates = {}, {}
   for method in ('standard', 'free'):
     # SGD: Adam's normalized update would amplify float rounding differences.
     config = tiny_config(data_dir, **{'model.name': 'cnn5', 'batch_size': 64,
@@ -53,16 +60,17 @@ def main(workdir, data_dir):
     steps = 3 if method == 'standard' else 1
     s8, m8, mesh8, specs8 = run_steps(config, ds, jax.devices(), steps)
     s1, m1, _, _ = run_steps(config, ds, jax.devices()[:1], steps)
-    leaves8 = jax.tree_util.tree_leaves((s8.params, s8.batch_stats))
-    leaves1 = jax.tree_util.tree_leaves((s1.params, s1.batch_stats))
-    diffs[method] = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                        for a, b in zip(leaves8, leaves1))
+    s0 = train.setup(config, ds, parallel.make_mesh(jax.devices()[:1]))[
+        'state']
+    diffs[method] = max_abs_diff(s8, s1)
+    updates[method] = max_abs_diff(s1, s0)  # how far the steps moved
     if method == 'free':
       d8 = np.asarray(s8.method_state['per_example']['delta'])
       d1 = np.asarray(s1.method_state['per_example']['delta'])
       out['free_delta_mismatch_fraction'] = float(np.mean(d8 != d1))
     out[f'loss_{method}'] = [float(m8['loss'][0]), float(m1['loss'][0])]
   out['max_abs_diff'] = diffs
+  out['max_abs_update'] = updates
 
   # Sharded eval: 200 test examples, batch 80 -> padded and masked.
   acc8, n8 = evaluate.accuracy(s8, ds.test_images, ds.test_labels, mesh=mesh8,

@@ -30,7 +30,13 @@ def test_eight_devices_present(result):
 def test_eight_device_step_equals_one_device_step(result, method):
   # Same global batch, fp32, synchronized BatchNorm (cnn5 has BN); for Free
   # the carried perturbation is sharded over devices and must match too.
-  assert result['max_abs_diff'][method] < 1e-5, result
+  # Relative to how far the steps moved the state: float rounding differs
+  # between XLA versions (jax 0.10: ~1e-6 of the update; 0.7 to 0.9: ~5e-4,
+  # convolutions summed in another order), a real bug does not (per-device
+  # BatchNorm statistics instead of synchronized ones: ~7e-2).
+  update = result['max_abs_update'][method]
+  assert update > 0.01, result
+  assert result['max_abs_diff'][method] < 3e-3 * update, result
   if method == 'free':
     assert result['free_delta_mismatch_fraction'] < 1e-3, result
 
