@@ -33,7 +33,7 @@ def get_config():
   c.optim.onecycle_peak = 0.5  # torch CyclicLR, step_size_up = half the steps
   c.num_epochs = 15
   c.batch_size = 128
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1024
   c.dtype = 'bfloat16'
   c.log_every = 100
   c.eval_every = 5

@@ -22,7 +22,7 @@ def get_config():
   c.optim.onecycle_peak = 0.4
   c.num_epochs = 30
   c.batch_size = 512
-  c.eval_batch_size = 1000
+  c.eval_batch_size = 1024
   c.dtype = 'bfloat16'
   c.log_every = 100
   c.eval_every = 5

@@ -50,7 +50,7 @@ def get_config():
 
   c.num_epochs = 2                # passes over the train split (Free makes m updates per batch)
   c.batch_size = 128              # global batch, split over all devices
-  c.eval_batch_size = 1000        # global eval batch (last one padded and masked)
+  c.eval_batch_size = 1024        # global eval batch (last one padded and masked)
   c.dtype = 'float32'             # compute dtype: float32 | bfloat16 (params stay float32)
   c.sync_bn = True                # BatchNorm batch statistics over the global batch (else per device)
   c.steps_per_call = 0            # train steps fused into one jit call (lax.scan); 0 = auto: 1 on CPU, 10 on GPU/TPU
@@ -66,7 +66,7 @@ def get_config():
   c.eval.attacks = ()             # attack specs, e.g. 'pgd(norm=linf, eps=8/255, steps=50, restarts=10)'
   c.eval.num_examples = 0         # 0 = whole test set, else a seeded random subset
   c.eval.seed = 0                 # seed of the subset and of the attacks' random starts
-  c.eval.batch_size = 500         # attack batch size
+  c.eval.batch_size = 512         # attack batch size (a multiple of the device count)
   c.eval.at_end = False           # run config.eval.attacks after training finishes
   c.eval.dtype = 'float32'        # compute dtype of evaluation ('' = config.dtype): a bf16-trained
                                   # model is evaluated on its float32 weights, as the PyTorch

@@ -37,5 +37,5 @@ def get_config():
   )
   c.eval.num_examples = 1000
   c.eval.seed = 0
-  c.eval.batch_size = 500
+  c.eval.batch_size = 512
   return c

@@ -46,6 +46,11 @@ class Checkpointer:
         state=ocp.args.StandardSave(state_tree(state)),
         meta=ocp.args.JsonSave(meta or {})), force=force)
 
+  def delete(self, step):
+    """Removes the checkpoint of `step`."""
+    self._mgr.wait_until_finished()
+    self._mgr.delete(int(step))
+
   def restore(self, template, step=None):
     """Returns (state, meta) restored onto the shardings of `template`."""
     step = self.latest_step() if step is None else step

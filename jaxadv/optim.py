@@ -28,7 +28,9 @@ def make_schedule(cfg, total_steps, steps_per_epoch=1):
   if name == 'constant':
     main = optax.constant_schedule(lr)
   elif name == 'piecewise':
-    bounds = {int(round(b * total)): float(s)
+    # Boundaries are fractions of all `total` steps; join_schedules below
+    # counts `main`'s steps from the end of the warm-up.
+    bounds = {int(round(b * total)) - warm: float(s)
               for b, s in zip(cfg.boundaries, cfg.scales)}
     main = optax.piecewise_constant_schedule(lr, bounds)
   elif name == 'cosine':

@@ -201,16 +201,25 @@ class OverfitMonitor:
 
   def update(self, state, epoch):
     """Returns (robust accuracy, True if training should stop)."""
-    acc, _ = evaluate.accuracy(state, self.images, self.labels,
-                               mesh=self.mesh, specs=self.specs,
-                               batch_size=self.batch_size,
-                               accuracy_fn=self.acc_fn)
+    if not _all_finite(state):  # never keep a NaN state as the best one
+      raise NonFiniteError(
+          f'parameters or statistics became NaN/Inf by step '
+          f'{int(state.step)}; the monitor did not keep this state')
+    acc = self.robust_accuracy(state)
     if acc > self.best:
       self.best = acc
-      self.ckpt.save(int(state.step), state,
-                     {'robust_accuracy': acc, 'epoch': epoch})
+      step = int(state.step)
+      if step in self.ckpt.all_steps():  # a resumed run redoing this epoch
+        self.ckpt.delete(step)
+      self.ckpt.save(step, state, {'robust_accuracy': acc, 'epoch': epoch})
       self.ckpt.wait()
     return acc, acc < self.best - self.max_drop
+
+  def robust_accuracy(self, state):
+    """Accuracy under the monitor's attack on its fixed training batch."""
+    return evaluate.accuracy(state, self.images, self.labels, mesh=self.mesh,
+                             specs=self.specs, batch_size=self.batch_size,
+                             accuracy_fn=self.acc_fn)[0]
 
   def best_state(self, template):
     return self.ckpt.restore(template)[0]
@@ -222,9 +231,24 @@ def _finalize(metrics):
 
 
 def _all_finite(state):
-  leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats,
-                                      state.batch_stats_adv))
+  """Every float array of the state (params, statistics, optimizer and
+  method state) is finite."""
+  leaves = [x for x in jax.tree_util.tree_leaves(
+      (state.params, state.batch_stats, state.batch_stats_adv,
+       state.opt_state, state.method_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)]
   return bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
+
+
+def _agree(flag):
+  """True on every process if `flag` is True on any (multi-host runs must
+  leave the loop together: a process leaving alone would wait in the
+  checkpoint save while the others wait in the next step's collectives)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(
+      np.asarray(bool(flag)))))
 
 
 @contextlib.contextmanager
@@ -315,8 +339,9 @@ def train_and_evaluate(config, workdir):
   pending, last_log = None, batches_done
   t_steady, steady_from = None, None
   history = []
+  early_stopped, stopping = False, False
   with _stop_on_signals() as stop:
-    while batches_done < total and stop['signal'] is None:
+    while batches_done < total and not stopping:
       epoch, offset = divmod(batches_done, spe)
       epoch_stop = min(spe, total - epoch * spe)
       for chunk in data.train_chunks(
@@ -345,7 +370,8 @@ def train_and_evaluate(config, workdir):
           _log(pending, state, s['schedule'], jsonl, bar, batches_done, spe,
                config)
           pending, last_log = None, batches_done
-        if offset >= epoch_stop or stop['signal'] is not None:
+        stopping = _agree(stop['signal'] is not None)
+        if offset >= epoch_stop or stopping:
           break
       if offset < epoch_stop:  # interrupted inside the epoch
         break
@@ -354,35 +380,41 @@ def train_and_evaluate(config, workdir):
       if batches_done >= total or (config.eval_every and
                                    finished_epoch % config.eval_every == 0):
         record['test_accuracy'] = test_accuracy(state)
-        jsonl.write(record)
         logging.info('epoch %d: test accuracy %.4f', finished_epoch,
                      record['test_accuracy'])
+      overfit = False
       if monitor is not None:
+        if not _all_finite(state):
+          raise NonFiniteError(_nonfinite_msg(state, ckpt))
         record['monitor_accuracy'], overfit = monitor.update(
             state, finished_epoch)
+      if len(record) > 2:
         jsonl.write(record)
-        if overfit:
-          status = (f'early-stopped at epoch {finished_epoch}: monitor '
-                    f'accuracy {record["monitor_accuracy"]:.4f} fell more '
-                    f'than {config.monitor.max_drop} below its best '
-                    f'{monitor.best:.4f} (catastrophic overfitting); the best '
-                    'state is kept')
-          logging.warning(status)
-          state = monitor.best_state(state).replace(step=state.step)
-          history.append(record)
-          break
+      if overfit:
+        early_stopped = True
+        status = (f'early-stopped at epoch {finished_epoch}: monitor '
+                  f'accuracy {record["monitor_accuracy"]:.4f} fell more '
+                  f'than {config.monitor.max_drop} below its best '
+                  f'{monitor.best:.4f} (catastrophic overfitting); the best '
+                  'state is kept')
+        logging.warning(status)
+        state = monitor.best_state(state).replace(step=state.step)
+        history.append(record)
+        break
       history.append(record)
       if batches_done < total and config.checkpoint_every and (
           finished_epoch % config.checkpoint_every == 0):
         save(state)
+      stopping = _agree(stop['signal'] is not None)  # during the epoch's end
+    stopping = stopping or _agree(stop['signal'] is not None)
     bar.close()
     if pending is not None:
       _log(pending, state, s['schedule'], jsonl, bar, batches_done, spe,
            config)
-    if stop['signal'] is not None:
-      status = f'interrupted ({stop["signal"]})'
+    if stopping:  # an early stop decided before it still holds on resume
+      status = f'interrupted ({stop["signal"] or "on another process"})'
     if ckpt.latest_step() != int(state.step):
-      save(state, early_stopped=status.startswith('early-stopped'))
+      save(state, early_stopped=early_stopped)
     ckpt.wait()
 
   t_end = time.time()
@@ -446,9 +478,13 @@ def _log(pending, state, schedule, jsonl, bar, batches_done, spe, config):
 
 
 def _nonfinite_msg(state, ckpt):
+  latest = ckpt.latest_step()
+  kept = (f'The last good checkpoint (step {latest}) is kept in '
+          f'{ckpt.directory}.' if latest is not None else
+          f'No checkpoint had been saved yet in {ckpt.directory}.')
   return (f'parameters or statistics became NaN/Inf by step '
-          f'{int(state.step)}; not saved. The last good checkpoint '
-          f'(step {ckpt.latest_step()}) is kept in {ckpt.directory}.')
+          f'{int(state.step)}; not saved. {kept} Lower config.optim.lr or '
+          'check the data.')
 
 
 def evaluate_checkpoint(config, workdir):

@@ -4,6 +4,7 @@ import jax
 from jaxadv import data as data_lib
 from jaxadv import methods as methods_lib
 from jaxadv import models as models_lib
+from jaxadv.models import layers as model_layers
 from jaxadv import optim
 
 
@@ -62,6 +63,11 @@ def validate_config(config, num_devices=None, num_processes=None):
   require(config.model.name in models_lib.MODELS,
           f"unknown model '{config.model.name}' (config.model.name); valid: "
           f"{', '.join(sorted(models_lib.MODELS))}")
+  if config.model.activation is not None:
+    try:
+      model_layers.get_activation(config.model.activation)
+    except ValueError as e:
+      raise ConfigError(f'config.model.activation: {e}') from None
   try:  # model-specific kwargs (names and values); building is cheap
     models_lib.get_model(config.model.name, num_classes=10, mean=None,
                          std=None, **dict(config.model.kwargs))
@@ -89,23 +95,44 @@ def validate_config(config, num_devices=None, num_processes=None):
           'which trains on adversarial inputs only: the clean BatchNorm set '
           'that evaluation uses would never be trained; set model.dual_bn='
           'False (or, for pgd/fast, method.clean_weight > 0)')
-  _validate_eval(config)
+  _validate_eval(config, num_devices, num_processes)
+  _validate_monitor(config)
   return method
 
 
-def _validate_eval(config):
+def _parse_attack(key, spec):
+  from jaxadv import attacks  # pylint: disable=g-import-not-at-top
+  try:
+    return attacks.parse_attack(spec)
+  except ValueError as e:
+    raise ConfigError(f'{key}: {e}') from None
+
+
+def _validate_monitor(config):
+  m = config.monitor
+  if not m.attack:
+    return
+  _parse_attack('config.monitor.attack', m.attack)
+  _positive(config, 'monitor.num_examples', integer=True)
+  require(m.max_drop >= 0,
+          f'config.monitor.max_drop={m.max_drop} must be >= 0 (a fraction: '
+          '0.2 = 20 points)')
+
+
+def _validate_eval(config, num_devices, num_processes):
   dtype = config.eval.get('dtype', '')
   require(dtype in ('', 'float32', 'bfloat16'),
           f"config.eval.dtype='{dtype}'; valid: float32, bfloat16, '' (= "
           'config.dtype)')
   if not config.eval.attacks:
     return
-  from jaxadv import attacks  # pylint: disable=g-import-not-at-top
   for spec in config.eval.attacks:
-    try:
-      attacks.parse_attack(spec)
-    except ValueError as e:
-      raise ConfigError(f'config.eval.attacks: {e}') from None
+    _parse_attack('config.eval.attacks', spec)
   _positive(config, 'eval.batch_size', integer=True)
+  b = config.eval.batch_size
+  for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
+    require(b % count == 0,
+            f'config.eval.batch_size={b} is not divisible by the {count} '
+            f'{what}; use a multiple of {count}')
   require(config.eval.num_examples >= 0,
           'config.eval.num_examples must be >= 0 (0 = the whole test set)')

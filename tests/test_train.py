@@ -153,6 +153,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
     ({'data.feed': 'disk'}, "config.data.feed='disk'; valid: auto, device"),
     ({'eval.dtype': 'float16'}, "config.eval.dtype='float16'"),
     ({'model.kwargs.stem': 'tiny'}, 'config.model.kwargs: '),
+    ({'model.activation': 'tanhh'}, 'config.model.activation: '),
+    ({'eval.attacks': ('clean',), 'eval.batch_size': 500},
+     'config.eval.batch_size=500 is not divisible by the 8 devices'),
+    ({'monitor.attack': 'pgdd(eps=0.1)'}, 'config.monitor.attack: '),
+    ({'monitor.attack': 'fgsm(eps=0.1)', 'monitor.num_examples': 0},
+     'config.monitor.num_examples=0'),
+    ({'monitor.attack': 'fgsm(eps=0.1)', 'monitor.max_drop': -0.1},
+     'config.monitor.max_drop=-0.1'),
 ])
 def test_config_validation_names_the_key(tiny_data_dir, overrides, needle):
   config = tiny_config(tiny_data_dir, **overrides)
@@ -257,3 +265,114 @@ def test_evaluation_runs_in_eval_dtype(tiny_data_dir):
   config.eval.dtype = ''
   assert train.for_eval(config, ds, state) is state
   assert train.eval_dtype(config) == 'bfloat16'
+
+
+def _monitored(tiny_data_dir, **overrides):
+  """wong_mnist, 2 steps per epoch, FGSM monitor on 64 training images."""
+  return tiny_config(tiny_data_dir, **{
+      'model.name': 'wong_mnist', 'data.num_train_examples': 128,
+      'num_epochs': 5, 'monitor.attack': 'fgsm(eps=0.1)',
+      'monitor.num_examples': 64, 'monitor.max_drop': 0.2, **overrides})
+
+
+def _script_monitor(monkeypatch, accuracies, on_call=None):
+  """The monitor reads `accuracies` epoch by epoch; returns the states seen."""
+  seen = []
+
+  def scripted(self, state):
+    del self
+    seen.append(jax.tree_util.tree_map(np.asarray, state.params))
+    if on_call:
+      on_call(len(seen))
+    return accuracies[len(seen) - 1]
+  monkeypatch.setattr(train.OverfitMonitor, 'robust_accuracy', scripted)
+  return seen
+
+
+def _params(workdir, config, sub='checkpoints'):
+  _, _, s = _setup(config)
+  ck = ckpt_lib.Checkpointer(os.path.join(workdir, sub))
+  state, meta = ck.restore(s['state'])
+  ck.close()
+  return state, meta
+
+
+def test_monitor_early_stops_and_keeps_the_best_state(tiny_data_dir, tmp_path,
+                                                      monkeypatch):
+  workdir = str(tmp_path / 'mon')
+  config = _monitored(tiny_data_dir)
+  seen = _script_monitor(monkeypatch, [0.5, 0.6, 0.3, 0.9, 0.9])
+  res = train.train_and_evaluate(config, workdir)
+  # 0.3 < 0.6 - 0.2 at epoch 3: stop, keep epoch 2's state.
+  assert res['status'].startswith('early-stopped at epoch 3'), res['status']
+  assert len(seen) == 3 and res['steps'] == 6
+  final, meta = _params(workdir, config)
+  assert meta['early_stopped'] is True and int(final.step) == 6
+  for a, b in zip(jax.tree_util.tree_leaves(final.params),
+                  jax.tree_util.tree_leaves(seen[1])):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  best, best_meta = _params(workdir, config, 'best')
+  assert best_meta['robust_accuracy'] == 0.6 and int(best.step) == 4
+  # One metrics record per epoch (not one per evaluation).
+  epochs = [json.loads(l)['epoch'] for l in
+            open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+            if 'monitor_accuracy' in l or 'test_accuracy' in l]
+  assert epochs == [1.0, 2.0, 3.0]
+  # Rerunning finds the early stop and trains no further.
+  again = train.train_and_evaluate(config, workdir)
+  assert again['status'].startswith('early-stopped (in an earlier run')
+  assert again['steps'] == 6 and len(seen) == 3
+
+
+def test_interrupt_during_the_monitor_keeps_its_early_stop(tiny_data_dir,
+                                                           tmp_path,
+                                                           monkeypatch):
+  workdir = str(tmp_path / 'mon')
+  config = _monitored(tiny_data_dir)
+
+  def sigterm_at_epoch_3(n):
+    if n == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+  _script_monitor(monkeypatch, [0.5, 0.6, 0.3], sigterm_at_epoch_3)
+  res = train.train_and_evaluate(config, workdir)
+  assert res['status'].startswith('interrupted'), res['status']
+  _, meta = _params(workdir, config)
+  assert meta['early_stopped'] is True
+  again = train.train_and_evaluate(config, workdir)
+  assert again['status'].startswith('early-stopped (in an earlier run')
+  assert again['steps'] == 6
+
+
+def test_monitor_never_keeps_a_nonfinite_state(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / 'nan')
+  # Without the metrics check the state reaches the epoch's end as NaN.
+  config = _monitored(tiny_data_dir, **{'optim.lr': 1e30,
+                                        'halt_on_nonfinite': False})
+  with pytest.raises(train.NonFiniteError, match='NaN/Inf by step 2; not '
+                     'saved. No checkpoint had been saved yet'):
+    train.train_and_evaluate(config, workdir)
+  best = ckpt_lib.Checkpointer(os.path.join(workdir, 'best'))
+  assert best.latest_step() is None
+  best.close()
+  # Called directly, the monitor refuses the state too.
+  ds, mesh, s = _setup(config)
+  monitor = train.OverfitMonitor(config, ds, mesh, s['specs'],
+                                 str(tmp_path / 'direct'))
+  nan_state = s['state'].replace(params=jax.tree_util.tree_map(
+      lambda p: p * jnp.nan, s['state'].params))
+  with pytest.raises(train.NonFiniteError, match='monitor did not keep'):
+    monitor.update(nan_state, 1)
+  assert monitor.ckpt.latest_step() is None
+
+
+def test_monitor_resaves_a_step_it_already_holds(tiny_data_dir, tmp_path,
+                                                 monkeypatch):
+  # A run killed without saving redoes an epoch whose state is in best/.
+  config = _monitored(tiny_data_dir)
+  ds, mesh, s = _setup(config)
+  monitor = train.OverfitMonitor(config, ds, mesh, s['specs'], str(tmp_path))
+  _script_monitor(monkeypatch, [0.5, 0.7])
+  monitor.update(s['state'], 1)
+  monitor.best = -1.0  # as a fresh process after the kill would not know it
+  assert monitor.update(s['state'], 1) == (0.7, False)
+  assert monitor.ckpt.read_meta()['robust_accuracy'] == 0.7
