@@ -46,8 +46,12 @@ DEFAULT_EPS = {'mnist': 0.3}
 
 
 def method_config(base, name):
-  """The config with `name`'s method keys filled from the config or defaults."""
+  """The config with `name`'s method keys: the config's own method section
+  when it is `name` (so an L2 config times L2), else eps/steps/replays from
+  it or the defaults."""
   c = base.copy_and_resolve_references()
+  if base.method.name == name:
+    return c
   eps = base.method.get('eps', DEFAULT_EPS.get(base.data.name, 8 / 255))
   c.method = ml_collections.ConfigDict({'name': name})
   if name in ('fast', 'pgd', 'free'):
@@ -114,30 +118,49 @@ def attack_grads_per_image(config):
 
 
 def time_method(config, ds, mesh, steps):
+  """Times train_and_evaluate's own jitted call with its data feed: with
+  the device feed (data.feed, 'auto' puts CIFAR-10 there) the split sits on
+  the devices and each call gathers its batches from indices inside the
+  scan, as in training; with the host feed one prepared chunk is reused."""
   s = train.setup(config, ds, mesh)
   kind = ds.augment if config.data.augment == 'auto' else config.data.augment
+  on_device = data.feed_on_device(config.data.get('feed', 'auto'), ds)
   fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
-                           kind)
+                           kind, on_device=on_device)
   spc = train.steps_per_call(config)
   b = config.batch_size
-  images = ds.train_images[:spc * b].reshape((spc, b) + ds.image_shape)
-  labels = ds.train_labels[:spc * b].reshape((spc, b))
-  g = parallel.put_local_batch((images, labels), mesh, P(None, 'data'))
+  batch = P(None, parallel.AXIS)
+  if on_device:
+    resident = parallel.put_global((ds.train_images, ds.train_labels), mesh,
+                                   (P(), P()))
+    index = np.arange(spc * b, dtype=np.int32).reshape(spc, b)
+    args = (*resident, parallel.put_local_batch(index, mesh, batch))
+    one = (*resident, parallel.put_local_batch(index[:1], mesh, batch))
+  else:
+    images = ds.train_images[:spc * b].reshape((spc, b) + ds.image_shape)
+    labels = ds.train_labels[:spc * b].reshape((spc, b))
+    args = parallel.put_local_batch((images, labels), mesh, batch)
+    one = parallel.put_local_batch((images[:1], labels[:1]), mesh, batch)
   state = s['state']
-  flops = _xla_flops(fn.lower(state, *g))
-  state, _ = fn(state, *g)  # warm-up
+  # FLOPs of ONE step, lowered without a loop (XLA counts a loop body once),
+  # per device after partitioning: per image of the per-device batch.
+  local_b = b // jax.device_count()
+  flops = _xla_flops(fn.lower(state, *one))
+  state, _ = fn(state, *args)  # warm-up
   jax.block_until_ready(state)
   calls = max(steps // spc, 1)
   t0 = time.perf_counter()
   for _ in range(calls):
-    state, m = fn(state, *g)
+    state, m = fn(state, *args)
   jax.block_until_ready((state, m))
   seconds = time.perf_counter() - t0
   images_done = calls * spc * b
   return {'images_per_s': images_done / seconds,
           'seconds_per_step': seconds / (calls * spc),
-          'flops_per_image': flops / (spc * b),
-          'tflops_per_s': flops * calls / seconds / 1e12,
+          'data_feed': 'device' if on_device else 'host',
+          # XLA's count: a PGD attack loop inside the step counted once.
+          'xla_flops_per_image': flops / local_b,
+          'xla_tflops_per_s': flops / local_b * images_done / seconds / 1e12,
           'updates_per_step': s['updates_per_batch'],
           'attack_grads_per_image': attack_grads_per_image(config)}
 
@@ -163,8 +186,10 @@ def main(argv):
   local_b = base.batch_size // jax.device_count()
   state0 = train.setup(method_config(base, 'standard'), ds, mesh)['state']
   grad_flops = attack_grad_flops(state0, ds.image_shape, local_b) / local_b
-  std_flops = rows['standard']['flops_per_image'] if 'standard' in rows else None
+  std_flops = (rows['standard']['xla_flops_per_image'] if 'standard' in rows
+               else None)
   peak = peak_tflops(jax.devices()[0].device_kind)
+  total_peak = peak * jax.device_count() if peak else None  # images/s: all
   for r in rows.values():
     r['cost_ratio'] = std / r['images_per_s'] if std else None
     if r['cost_ratio']:
@@ -175,7 +200,8 @@ def main(argv):
                                     r['attack_grads_per_image'] * grad_flops)
       r['model_tflops_per_s'] = (r['model_flops_per_image'] *
                                  r['images_per_s'] / 1e12)
-      r['mfu'] = r['model_tflops_per_s'] / peak if peak else None
+      r['mfu'] = (r['model_tflops_per_s'] / total_peak if total_peak
+                  else None)
   out = {'config': base.data.name + '/' + base.model.name,
          'device': jax.devices()[0].device_kind,
          'num_devices': jax.device_count(), 'batch_size': base.batch_size,
