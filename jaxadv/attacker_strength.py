@@ -1,7 +1,7 @@
 """Attacker-strength study (Bhat, Tsipras and Madry 2018, Section 4, Table 1).
 
   python -m jaxadv.attacker_strength --config configs/mnist_pgd.py \
-      --workdir runs/kappa --kappas 1,2,4,8,16 [--num_examples 1000] \
+      --workdir runs/kappa [--kappas 1,4,8,128] [--num_examples 1000] \
       [--config.num_epochs=4 ...]
 
 Trains one PGD model per kappa (kappa steps of 2.5 eps / kappa, random start;
@@ -29,7 +29,9 @@ from jaxadv import transfer
 config_flags.DEFINE_config_file('config', None, 'Base PGD config (e.g. '
                                 'configs/mnist_pgd.py).', lock_config=False)
 flags.DEFINE_string('workdir', None, 'Study directory; one run per kappa.')
-flags.DEFINE_string('kappas', '1,2,4,8,16', 'PGD steps of the trained models.')
+flags.DEFINE_string('kappas', '1,4,8,128',
+                    "PGD steps of the trained models (default: the paper's "
+                    'Table 1).')
 flags.DEFINE_integer('num_examples', 1000, 'Seeded random test subset.')
 flags.DEFINE_integer('seed', 0, 'Seed of the subset and attack starts.')
 flags.mark_flags_as_required(['config', 'workdir'])

@@ -38,7 +38,9 @@ def test_eight_device_step_equals_one_device_step(result, method):
   assert update > 0.01, result
   assert result['max_abs_diff'][method] < 3e-3 * update, result
   if method == 'free':
-    assert result['free_delta_mismatch_fraction'] < 1e-3, result
+    # Entries whose input gradient is ~0 may take the other sign: 0.13% on
+    # jax 0.7's XLA:CPU; a mis-sharded perturbation mismatches ~all of them.
+    assert result['free_delta_mismatch_fraction'] < 1e-2, result
 
 
 def test_sharded_eval_counts_every_example_once(result):
