@@ -62,3 +62,8 @@ def run(config, workdir, mode):
   except train.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_NONFINITE
+  except KeyboardInterrupt:  # outside the training loop (final evaluation)
+    print('interrupted outside training (evaluation); the trained state is '
+          'checkpointed: rerun the same command, or --mode eval',
+          file=sys.stderr)
+    return EXIT_INTERRUPTED

@@ -21,6 +21,7 @@ import io
 import multiprocessing
 import os
 import pathlib
+import socket
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import jax
@@ -245,7 +246,9 @@ def _load_cifar10(folder: pathlib.Path, cache_dir: str):
       try:
         for s, f in cache.items():
           f.parent.mkdir(parents=True, exist_ok=True)
-          tmp = f.with_name(f'{f.stem}.{os.getpid()}.tmp.npy')
+          # Unique per host and process: caches may sit on shared storage.
+          tmp = f.with_name(f'{f.stem}.{socket.gethostname()}.{os.getpid()}'
+                            '.tmp.npy')
           np.save(tmp, images[s])
           os.replace(tmp, f)  # atomic: a concurrent reader never sees half a file
       except OSError:

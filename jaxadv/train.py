@@ -318,9 +318,10 @@ def train_and_evaluate(config, workdir):
   status = 'completed'
   monitor = (OverfitMonitor(config, ds, mesh, specs, workdir)
              if config.monitor.attack else None)
+  finished = False  # by early stopping in an earlier run: nothing to resume
   if monitor is not None and ckpt.latest_step() is not None and (
       ckpt.read_meta().get('early_stopped')):
-    batches_done = total  # finished by early stopping: nothing to resume
+    finished = True
     status = 'early-stopped (in an earlier run; the best state was kept)'
   pidx, pcount = jax.process_index(), jax.process_count()
   spc = steps_per_call(config)
@@ -341,7 +342,7 @@ def train_and_evaluate(config, workdir):
   history = []
   early_stopped, stopping = False, False
   with _stop_on_signals() as stop:
-    while batches_done < total and not stopping:
+    while not finished and batches_done < total and not stopping:
       epoch, offset = divmod(batches_done, spe)
       epoch_stop = min(spe, total - epoch * spe)
       for chunk in data.train_chunks(

@@ -322,6 +322,7 @@ def test_monitor_early_stops_and_keeps_the_best_state(tiny_data_dir, tmp_path,
   again = train.train_and_evaluate(config, workdir)
   assert again['status'].startswith('early-stopped (in an earlier run')
   assert again['steps'] == 6 and len(seen) == 3
+  assert again['epochs_done'] == 3.0  # not the 5 planned
 
 
 def test_interrupt_during_the_monitor_keeps_its_early_stop(tiny_data_dir,
@@ -376,3 +377,16 @@ def test_monitor_resaves_a_step_it_already_holds(tiny_data_dir, tmp_path,
   monitor.best = -1.0  # as a fresh process after the kill would not know it
   assert monitor.update(s['state'], 1) == (0.7, False)
   assert monitor.ckpt.read_meta()['robust_accuracy'] == 0.7
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, capsys):
+  # The signal handlers cover the training loop only; a Ctrl-C during the
+  # final evaluation must still end with a message, not a traceback.
+  from jaxadv import cli  # pylint: disable=g-import-not-at-top
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(train, 'train_and_evaluate', interrupted)
+  assert cli.run(None, '/nonexistent', 'train') == cli.EXIT_INTERRUPTED == 130
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'rerun the same command' in err[0]
