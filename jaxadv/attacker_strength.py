@@ -68,16 +68,16 @@ def run_study(base, workdir, kappas, num_examples=1000, seed=0):
     _, state, specs, mesh, ds = evaluate.load_workdir(dirs[k])
     models[f'kappa={k}'] = (state, specs, mesh)
   names = list(models)
-  table, attacks_used, clean = [], [], None
+  table, attacks_used, clean = [], [], []
   for t, k in zip(names, kappas):
+    # Row t: PGD-kappa_t examples from every source, evaluated on t only.
     result = transfer.transfer_matrix(
         models, ds.test_images, ds.test_labels, attack_spec(base, k),
-        batch_size=base.eval.batch_size, num_examples=num_examples, seed=seed)
-    ti = result['targets'].index(t)
-    table.append([result['accuracy'][si][ti]
-                  for si in range(len(result['sources']))])
+        batch_size=base.eval.batch_size, num_examples=num_examples, seed=seed,
+        targets=[t])
+    table.append([row[0] for row in result['accuracy']])
     attacks_used.append(result['attack'])
-    clean = [result['clean'][n] for n in names]
+    clean.append(result['clean'][t])
   return {'kappas': list(kappas), 'accuracy': table, 'clean': clean,
           'attacks': attacks_used, 'num_examples': num_examples}
 

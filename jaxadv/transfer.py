@@ -23,7 +23,7 @@ from jaxadv import evaluate
 
 
 def transfer_matrix(models, images, labels, attack, *, batch_size,
-                    num_examples=0, seed=0):
+                    num_examples=0, seed=0, targets=None):
   """Accuracy of every target under examples crafted on every source.
 
   Args:
@@ -34,9 +34,13 @@ def transfer_matrix(models, images, labels, attack, *, batch_size,
     batch_size: global batch of crafting and evaluation.
     num_examples: seeded random subset size (0 = all N); seed also keys the
       attacks' random starts.
+    targets: names of the models to evaluate on (default: all of them);
+      every model is still a source.
   Returns a dict with
-    'attack': str, 'sources' = 'targets': names in order, 'num_examples',
-    'accuracy': nested list [source][target] in [0, 1] (diagonal: white-box),
+    'attack': str, 'sources': names in order, 'targets': the evaluated
+      names, 'num_examples',
+    'accuracy': nested list [source][target] in [0, 1] (diagonal: white-box
+      when targets are all models),
     'clean': {name: clean accuracy on the subset},
     'records': one eval record per (source, target) with 'source' and
       'model' (the target) set, 'seconds_crafting': {source: seconds}.
@@ -45,10 +49,15 @@ def transfer_matrix(models, images, labels, attack, *, batch_size,
   attack_fn = attacks.make_attack(spec)
   images, labels = evaluate.subset(images, labels, num_examples, seed)
   names = list(models)
+  targets = names if targets is None else list(targets)
+  unknown = sorted(set(targets) - set(names))
+  if unknown:
+    raise ValueError(f'unknown target models {unknown}; valid: {names}')
   # One compiled clean-accuracy function per target, reused for every source.
-  fns = {t: evaluate.make_accuracy_fn(m[2], m[1]) for t, m in models.items()}
+  fns = {t: evaluate.make_accuracy_fn(models[t][2], models[t][1])
+         for t in targets}
   clean = {}
-  for t in names:
+  for t in targets:
     state, specs, mesh = models[t]
     clean[t] = evaluate.accuracy(state, images, labels, mesh=mesh,
                                  specs=specs, batch_size=batch_size,
@@ -62,7 +71,7 @@ def transfer_matrix(models, images, labels, attack, *, batch_size,
                                  specs=specs, batch_size=batch_size, seed=seed)
     crafting[s] = time.time() - t0
     row = []
-    for t in names:
+    for t in targets:
       t_state, t_specs, t_mesh = models[t]
       t1 = time.time()
       # Counted as robust accuracy: correct on x_adv and on x.
@@ -73,7 +82,7 @@ def transfer_matrix(models, images, labels, attack, *, batch_size,
       records.append(evaluate.record(spec, acc, n, seed, time.time() - t1,
                                      source=s, model=t))
     matrix.append(row)
-  return {'attack': str(spec), 'sources': names, 'targets': names,
+  return {'attack': str(spec), 'sources': names, 'targets': targets,
           'num_examples': len(labels), 'accuracy': matrix, 'clean': clean,
           'records': records, 'seconds_crafting': crafting}
 

@@ -1,8 +1,12 @@
 """The attacker-strength study end to end on tiny data (2 kappas)."""
 import os
 
+import pytest
+
 from conftest import tiny_config
 from jaxadv import attacker_strength
+from jaxadv import evaluate
+from jaxadv import transfer
 
 
 def test_study_writes_table_with_white_box_diagonal(tiny_data_dir, tmp_path):
@@ -25,3 +29,18 @@ def test_study_writes_table_with_white_box_diagonal(tiny_data_dir, tmp_path):
     assert os.path.isdir(tmp_path / f'kappa_{k}' / 'checkpoints')
   md = attacker_strength.markdown(study)
   assert 'PGD-2' in md and '**' in md
+
+  # Row i is column i of the full transfer matrix of attack PGD-kappa_i (the
+  # study evaluates only that target).
+  models, ds = {}, None
+  for k in (1, 2):
+    _, state, specs, mesh, ds = evaluate.load_workdir(str(tmp_path / f'kappa_{k}'))
+    models[f'kappa={k}'] = (state, specs, mesh)
+  for i, k in enumerate((1, 2)):
+    full = transfer.transfer_matrix(
+        models, ds.test_images, ds.test_labels,
+        attacker_strength.attack_spec(base, k), batch_size=80,
+        num_examples=80, seed=0)
+    assert study['accuracy'][i] == pytest.approx(
+        [row[i] for row in full['accuracy']], abs=1e-9)
+    assert study['clean'][i] == pytest.approx(full['clean'][f'kappa={k}'])
