@@ -583,3 +583,20 @@ def test_make_attack_matches_direct_call():
   assert set(A.ATTACKS) >= {'clean', 'fgsm', 'fgsm_rs', 'ifgsm', 'bim', 'pgd', 'cw', 'apgd',
                             'apgd_ce', 'apgd_dlr', 'apgd_t'}
   assert math.isclose(A.parse_attack('pgd(eps=8/255)').kwargs['eps'], 8 / 255)
+
+
+@pytest.mark.parametrize('norm', ['linf', 'l2'])
+def test_fgsm_rs_start_fills_the_eps_ball(norm):
+  # Constant logits: zero gradient, sign(0) = 0, so fgsm_rs returns its start.
+  x = jnp.full((64, 8, 8, 1), 0.5)
+  y = jnp.zeros((64,), jnp.int32)
+  flat = lambda xa: jnp.zeros((xa.shape[0], 3))
+  eps = 0.3 if norm == 'linf' else 1.0  # L2: coordinates ~ 1/8, [0, 1] clips none
+  out = np.asarray(A.fgsm_rs(flat, key(0), x, y, eps=eps, norm=norm) - x)
+  if norm == 'linf':  # uniform in the box: |d| ~ U(0, eps)
+    d = np.abs(out)
+    assert eps - 0.01 < d.max() <= eps + 1e-6
+    assert abs(d.mean() - eps / 2) < 0.01
+  else:  # uniform in the 64-dim ball: radius eps * u^(1/64), near eps
+    r = np.sqrt((out.reshape(64, -1) ** 2).sum(-1))
+    assert r.max() <= eps + 1e-5 and np.median(r) > 0.97 * eps

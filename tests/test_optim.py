@@ -40,3 +40,27 @@ def test_onecycle_cosine_poly_shapes():
   assert np.all(np.diff(lr[10:]) <= 1e-7)
   lr = _lrs(_cfg(schedule='poly'), 100)
   assert lr[0] == 1.0 and lr[50] == pytest.approx(0.5 ** 0.9, rel=1e-5)
+
+
+def _sgd(**kw):
+  cfg = _cfg(schedule='constant', lr=0.1)
+  cfg.update(dict(name='sgd', weight_decay=5e-4, momentum=0.0, nesterov=False,
+                  grad_clip=0.0, b1=0.9, b2=0.999))
+  cfg.update(kw)
+  return optim.make_optimizer(cfg, 100)[0]
+
+
+def test_sgd_weight_decay_is_l2_on_the_gradient_once():
+  # torch.optim.SGD(weight_decay=wd): d = g + wd p, then momentum on d.
+  p = {'w': np.linspace(-1.0, 1.0, 7, dtype=np.float32)}
+  g = {'w': np.full((7,), 0.2, np.float32)}
+  tx = _sgd()
+  upd, _ = tx.update(g, tx.init(p), p)
+  np.testing.assert_allclose(upd['w'], -0.1 * (g['w'] + 5e-4 * p['w']),
+                             rtol=1e-6)
+  tx = _sgd(momentum=0.9)
+  state = tx.init(p)
+  d = g['w'] + 5e-4 * p['w']
+  _, state = tx.update(g, state, p)
+  upd, _ = tx.update(g, state, p)        # buffer = 0.9 d + d
+  np.testing.assert_allclose(upd['w'], -0.1 * 1.9 * d, rtol=1e-6)

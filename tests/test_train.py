@@ -390,3 +390,35 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, capsys):
   assert cli.run(None, '/nonexistent', 'train') == cli.EXIT_INTERRUPTED == 130
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'rerun the same command' in err[0]
+
+
+def test_checkpoint_round_trips_the_whole_state(tiny_data_dir, tmp_path):
+  # Params, statistics, optimizer moments, step, rng and Free's perturbation
+  # all come back (not the template's values).
+  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
+                                         'method.name': 'free',
+                                         'method.eps': 0.1,
+                                         'method.replays': 2})
+  ds, mesh, s = _setup(config)
+  fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
+                           'none')
+  g = parallel.put_local_batch(
+      (ds.train_images[None, :64], ds.train_labels[None, :64]), mesh,
+      jax.sharding.PartitionSpec(None, 'data'))
+  state, _ = fn(s['state'], *g)
+  ck = ckpt_lib.Checkpointer(str(tmp_path / 'ck'))
+  ck.save(int(state.step), state, {'note': 'x'})
+  ck.wait()
+  template = _setup(config)[2]['state']
+  restored, meta = ck.restore(template)
+  ck.close()
+  assert meta == {'note': 'x'} and int(restored.step) == 2
+  fields = lambda st: (st.params, st.batch_stats, st.opt_state, st.rng,
+                       st.method_state)
+  moved = 0
+  for a, b, t in zip(jax.tree_util.tree_leaves(fields(restored)),
+                     jax.tree_util.tree_leaves(fields(state)),
+                     jax.tree_util.tree_leaves(fields(template))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved += not np.array_equal(np.asarray(b), np.asarray(t))
+  assert moved > 10  # the step changed most leaves: the test can fail
