@@ -6,9 +6,10 @@ global batch and masks the padding, and sums are reduced over devices.
 
 Records (one dict per evaluated attack) carry the attack's resolved settings
 (`AttackSpec.describe()`: attack, norm, eps in pixel scale, steps, step_size,
-restarts, loss, target, random_start) plus name, seed, num_examples, accuracy (in [0, 1])
-and seconds. Records of several models also carry `model` (the evaluated
-model) and, for black-box transfer, `source` (the model the attack ran on).
+restarts, loss, target, random_start) plus name, seed, num_examples,
+accuracy (in [0, 1]) and seconds. Records of several models also carry
+`model` (the evaluated model) and, for black-box transfer, `source` (the
+model the attack ran on).
 """
 import json
 import os
@@ -104,9 +105,10 @@ def accuracy(state, images, labels, *, mesh, specs, batch_size, attack=None,
   images: uint8 0..255 or float pixels in [0, 1]; or a pair (x_adv, x) of
   precomputed adversarial examples and their clean originals, counted as
   robust accuracy (see make_accuracy_fn). With `attack`, accuracy is robust
-  accuracy: correct on the clean and on the attacked input. Batch i attacks with key fold_in(PRNGKey(seed), i), folded with
-  the device index. attack_args: extra replicated arguments of the attack
-  (see make_accuracy_fn).
+  accuracy: correct on the clean and on the attacked input. Batch i attacks
+  with key fold_in(PRNGKey(seed), i), folded with the device index.
+  attack_args: extra replicated arguments of the attack (see
+  make_accuracy_fn).
 
   Returns (accuracy in [0, 1], number of examples).
   """

@@ -17,14 +17,29 @@ def require(cond, msg):
     raise ConfigError(msg)
 
 
-def _positive(config, key, integer=False):
-  value = config
+def _get(config, key):
+  """config['a.b'] for a dotted key."""
   for part in key.split('.'):
-    value = value[part]
+    config = config[part]
+  return config
+
+
+def _positive(config, key, integer=False):
+  value = _get(config, key)
   ok = (isinstance(value, int) if integer else isinstance(value, (int, float)))
   require(ok and not isinstance(value, bool) and value > 0,
           f'config.{key}={value!r} must be a positive '
           f'{"integer" if integer else "number"}')
+
+
+def _divisible(config, key, num_devices, num_processes):
+  """A global batch (config[key], dotted) must split over devices and
+  processes."""
+  value = _get(config, key)
+  for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
+    require(value % count == 0,
+            f'config.{key}={value} is not divisible by the {count} {what}; '
+            f'use a multiple of {count}')
 
 
 def validate_config(config, num_devices=None, num_processes=None):
@@ -38,12 +53,7 @@ def validate_config(config, num_devices=None, num_processes=None):
               'keep_checkpoints'):
     _positive(config, key, integer=True)
   for key in ('batch_size', 'eval_batch_size'):
-    require(config[key] % num_devices == 0,
-            f'config.{key}={config[key]} is not divisible by the '
-            f'{num_devices} devices; use a multiple of {num_devices}')
-    require(config[key] % num_processes == 0,
-            f'config.{key}={config[key]} is not divisible by the '
-            f'{num_processes} processes')
+    _divisible(config, key, num_devices, num_processes)
   spc = config.steps_per_call
   require(isinstance(spc, int) and not isinstance(spc, bool) and spc >= 0,
           f'config.steps_per_call={spc!r} must be an integer >= 0 '
@@ -129,10 +139,6 @@ def _validate_eval(config, num_devices, num_processes):
   for spec in config.eval.attacks:
     _parse_attack('config.eval.attacks', spec)
   _positive(config, 'eval.batch_size', integer=True)
-  b = config.eval.batch_size
-  for count, what in ((num_devices, 'devices'), (num_processes, 'processes')):
-    require(b % count == 0,
-            f'config.eval.batch_size={b} is not divisible by the {count} '
-            f'{what}; use a multiple of {count}')
+  _divisible(config, 'eval.batch_size', num_devices, num_processes)
   require(config.eval.num_examples >= 0,
           'config.eval.num_examples must be >= 0 (0 = the whole test set)')

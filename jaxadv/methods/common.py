@@ -198,3 +198,9 @@ def attack_then_train_step(adversarial_examples, config, clean_weight,
         clean_weight=clean_weight, axis_name=axis_name)
 
   return train_step
+
+
+def clean_weight_trains_clean_bn(config):
+  """trains_clean_bn of methods with a clean_weight key (pgd, fast): clean
+  passes, which train the clean BatchNorm set, only with clean_weight > 0."""
+  return method_value(config, 'clean_weight', 0.0) > 0

@@ -37,10 +37,7 @@ def validate(config):
   common.check_choice(config, 'clip_start', (True, False), True)
 
 
-def trains_clean_bn(config):
-  """Clean passes (which train the clean BatchNorm set) only with
-  clean_weight > 0."""
-  return settings(config)['clean_weight'] > 0
+trains_clean_bn = common.clean_weight_trains_clean_bn
 
 
 def settings(config):

@@ -36,10 +36,7 @@ def validate(config):
   common.check_choice(config, 'attack_bn', ('train', 'eval'), 'train')
 
 
-def trains_clean_bn(config):
-  """Clean passes (which train the clean BatchNorm set) only with
-  clean_weight > 0."""
-  return settings(config)['clean_weight'] > 0
+trains_clean_bn = common.clean_weight_trains_clean_bn
 
 
 def settings(config):
