@@ -1,0 +1,143 @@
+"""Golden values of fixed tiny runs, independent of jaxadv's internals.
+
+Trains each method for 3 steps of a fixed tiny config through
+`train.train_and_evaluate` (the public entry point), reads the final
+checkpoint back without a template (so the state's layout does not matter)
+and digests the main network's parameters and BatchNorm statistics; the
+standard run also evaluates a fixed attack suite, whose records are kept.
+
+  python tests/golden_check.py DATA_DIR WORKDIR [NUM_DEVICES]
+
+prints one line 'RESULT {json}'. tests/test_golden.py runs it on 1 and on 8
+forced CPU devices and compares with tests/golden/values.json, recorded
+before the foundation-v2 refactor (issue 10).
+"""
+import hashlib
+import json
+import os
+import platform
+import sys
+
+if len(sys.argv) > 3:
+  os.environ['XLA_FLAGS'] = (
+      f'--xla_force_host_platform_device_count={sys.argv[3]}')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+import orbax.checkpoint as ocp
+
+from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+from jaxadv import train
+
+# name -> config overrides (3 steps: 48 examples, batch 16, one epoch).
+METHODS = {
+    'standard': {'method.name': 'standard'},
+    'pgd': {'method.name': 'pgd', 'method.eps': 0.1, 'method.steps': 3},
+    'pgd_dual_bn': {'method.name': 'pgd', 'method.eps': 0.1,
+                    'method.steps': 2, 'method.clean_weight': 0.5,
+                    'model.dual_bn': True},
+    'free': {'method.name': 'free', 'method.eps': 0.1, 'method.replays': 2},
+    'fast': {'method.name': 'fast', 'method.eps': 0.1},
+    'fast_l2': {'method.name': 'fast', 'method.eps': 1.0,
+                'method.norm': 'l2'},
+}
+EVAL_ATTACKS = (
+    'clean',
+    'fgsm(eps=0.15)',
+    'pgd(norm=linf, eps=0.15, steps=5, restarts=2)',
+    'pgd(norm=l2, eps=1.5, steps=5)',
+    'cw(eps=0.15, steps=5)',
+    'apgd_ce(eps=0.15, steps=5)',
+    'apgd_t(eps=0.15, steps=5, num_target_classes=3)',
+)
+RECORD_KEYS = ('name', 'attack', 'norm', 'eps', 'steps', 'step_size',
+               'restarts', 'loss', 'target', 'num_examples', 'accuracy')
+
+
+def config_for(data_dir, overrides):
+  c = tiny_config(data_dir, **{
+      'model.name': 'cnn5', 'batch_size': 16, 'num_epochs': 1,
+      'data.num_train_examples': 48, 'optim.name': 'sgd', 'optim.lr': 0.05,
+      'eval_every': 0, 'checkpoint_every': 0, 'steps_per_call': 1,
+      **overrides})
+  return c
+
+
+def _path_key(path):
+  return tuple(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
+
+
+def main_network_leaves(tree):
+  """{('params'|'batch_stats'|..., *path): array} of the main network in a
+  raw checkpoint tree, whatever the layout around it."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = _path_key(path)
+    for i, k in enumerate(keys):
+      if k in ('params', 'batch_stats', 'batch_stats_adv'):
+        if 'opt_state' in keys[:i] or any(n in keys[:i] for n in ('frozen',)):
+          break
+        # v2 layout: nets/<name>/...: keep only the main network.
+        if 'nets' in keys[:i] and 'main' not in keys[:i]:
+          break
+        out[keys[i:]] = np.asarray(leaf)
+        break
+  return out
+
+
+def digest(leaves):
+  h = hashlib.sha256()
+  total, total_abs, head = 0.0, 0.0, []
+  for key in sorted(leaves):
+    a = np.ascontiguousarray(leaves[key])
+    h.update('/'.join(key).encode())
+    h.update(a.tobytes())
+    total += float(a.astype(np.float64).sum())
+    total_abs += float(np.abs(a.astype(np.float64)).sum())
+    head.extend(a.reshape(-1)[:2].astype(np.float64).tolist())
+  return {'sha256': h.hexdigest(), 'sum': total, 'abs_sum': total_abs,
+          'head': head, 'num_leaves': len(leaves)}
+
+
+def latest_checkpoint_tree(workdir):
+  ckdir = os.path.join(workdir, 'checkpoints')
+  step = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
+  return step, ocp.StandardCheckpointer().restore(
+      os.path.join(ckdir, str(step), 'state'))
+
+
+def cpu_signature():
+  try:
+    with open('/proc/cpuinfo') as f:
+      model = next((l.split(':', 1)[1].strip() for l in f
+                    if l.startswith('model name')), '')
+  except OSError:
+    model = ''
+  return f'{platform.machine()} {model}'
+
+
+def main(data_dir, workdir):
+  out = {'devices': jax.device_count(), 'jax': jax.__version__,
+         'cpu': cpu_signature(), 'methods': {}}
+  for name, overrides in METHODS.items():
+    config = config_for(data_dir, overrides)
+    if name == 'standard':
+      config.eval.attacks = EVAL_ATTACKS
+      config.eval.at_end = True
+      config.eval.num_examples = 64
+      config.eval.batch_size = 32
+    wd = os.path.join(workdir, name)
+    res = train.train_and_evaluate(config, wd)
+    step, tree = latest_checkpoint_tree(wd)
+    out['methods'][name] = {'step': step, **digest(main_network_leaves(tree))}
+    if name == 'standard':
+      out['test_accuracy'] = res['test_accuracy']
+      out['eval'] = [{k: r.get(k) for k in RECORD_KEYS}
+                     for r in res['robust']]
+  print('RESULT ' + json.dumps(out))
+
+
+if __name__ == '__main__':
+  main(sys.argv[1], sys.argv[2])
