@@ -32,8 +32,7 @@ from jaxadv.train_state import create_train_state
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-class NonFiniteError(RuntimeError):
-  """Training produced NaN or Inf; the last good checkpoint is untouched."""
+from jaxadv.errors import NonFiniteError  # re-exported: train.NonFiniteError
 
 
 def load_data(config):

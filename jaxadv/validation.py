@@ -8,8 +8,7 @@ from jaxadv.models import layers as model_layers
 from jaxadv import optim
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key and the fix."""
+from jaxadv.errors import ConfigError  # re-exported: validation.ConfigError
 
 
 def require(cond, msg):
