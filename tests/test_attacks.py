@@ -496,7 +496,7 @@ def test_parse_round_trip_property(name, data):
       'target': st.sampled_from(A.TARGETS), 'rho': st.floats(0.01, 1.0),
       'num_target_classes': st.integers(1, 20),
       'restart_batching': st.sampled_from(A.RESTART_BATCHING)}
-  keys = A._spec_keys(name)
+  keys = A.specs._spec_keys(name)
   chosen = data.draw(st.lists(st.sampled_from(keys), unique=True)) + ['eps']
   params = {k: data.draw(values[k]) for k in dict.fromkeys(chosen)}
   if params.get('random_start') is False and params.get('restarts', 1) > 1:
