@@ -3,6 +3,7 @@ one-line messages and exit codes."""
 import sys
 
 from jaxadv import evaluate
+from jaxadv import reports
 from jaxadv import train
 from jaxadv import validation
 
@@ -41,7 +42,7 @@ def run(config, workdir, mode):
       results = train.train_and_evaluate(config, workdir)
       print(format_table(summary_rows(results)))
       if results.get('robust'):
-        print(evaluate.warnings_markdown(results.get('warnings', [])))
+        print(reports.warnings_markdown(results.get('warnings', [])))
       if results['status'].startswith('interrupted'):
         print(f'{results["status"]}: checkpoint saved at step '
               f'{results["steps"]}; run the same command to resume.',

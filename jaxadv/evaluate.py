@@ -27,11 +27,6 @@ from jaxadv import data
 from jaxadv import parallel
 from jaxadv.methods import common
 
-# Single-step attacks: a multi-step attack at the same norm and eps must be
-# at least as strong, else gradients are masked (Athalye et al. 2018).
-SINGLE_STEP = ('fgsm', 'fgsm_rs')
-MULTI_STEP = ('ifgsm', 'bim', 'pgd', 'cw', 'apgd', 'apgd_ce', 'apgd_dlr',
-              'apgd_t')
 
 
 def make_accuracy_fn(mesh, specs, attack=None):
@@ -141,12 +136,44 @@ def adversarial_examples(state, images, labels, attack, *, mesh, specs,
   out = []
   for i, (img, lbl, mask) in _global_batches(images, labels, batch_size, mesh):
     x_adv = fn(state, img, lbl, jax.random.fold_in(jax.random.PRNGKey(seed), i))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      x_adv, mask = multihost_utils.process_allgather((x_adv, mask), tiled=True)
-    x_adv, mask = np.asarray(x_adv), np.asarray(mask)
-    out.append(x_adv[mask])  # padding rows only ever follow the real ones
+    out.append(_gather_rows(x_adv, mask))
   return np.concatenate(out).astype(np.float32)
+
+
+def _gather_rows(x, mask):
+  """Host numpy of a batch-sharded array, all processes' rows, padding
+  dropped (padding rows only ever follow the real ones)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    x, mask = multihost_utils.process_allgather((x, mask), tiled=True)
+  return np.asarray(x)[np.asarray(mask) > 0]
+
+
+def robust_flags(state, images, labels, attack, *, mesh, specs, batch_size,
+                 seed=0):
+  """Per example, whether `state` classifies the clean input and its attacked
+  version correctly: bool (N,) on the host, in the order of `images`.
+
+  Batches and keys are those of `accuracy(..., attack=attack, seed=seed)`,
+  so `robust_flags(...).mean()` is that robust accuracy. Ensembles such as
+  AutoAttack call it on the still-robust subset after each attack.
+  """
+  def batch_flags(state, images, labels, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
+    model = common.logits_fn(state)
+    x = data.to_float(images)
+    ok = common.correct(model(attack(model, rng, x, labels)), labels)
+    return ok * common.correct(model(x), labels)
+
+  b = P(parallel.AXIS)
+  fn = jax.jit(jax.shard_map(batch_flags, mesh=mesh,  # check_vma: see
+                             in_specs=(specs, b, b, P()),  # make_accuracy_fn
+                             out_specs=b, check_vma=False))
+  out = [np.zeros((0,), bool)]
+  for i, (img, lbl, mask) in _global_batches(images, labels, batch_size, mesh):
+    ok = fn(state, img, lbl, jax.random.fold_in(jax.random.PRNGKey(seed), i))
+    out.append(_gather_rows(ok, mask) > 0)
+  return np.concatenate(out)
 
 
 def subset(images, labels, num_examples, seed):
@@ -182,160 +209,6 @@ def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
                       batch_size=batch_size, attack=fn, seed=seed)
     records.append(record(spec, acc, n, seed, time.time() - t0, **extra))
   return records
-
-
-# ----------------------------------------------------------------------------
-# Sanity flags.
-
-
-def _pct(r):
-  return f'{100 * r["accuracy"]:.2f}%'
-
-
-def _slack(*records):
-  """One example's worth of accuracy: differences within it are noise."""
-  n = min(max(int(r.get('num_examples') or 1), 1) for r in records)
-  return 1.0 / n + 1e-9
-
-
-def _whitebox(records):
-  return [r for r in records
-          if r.get('source') is None or r.get('source') == r.get('model')]
-
-
-def _model_note(r):
-  return f' on {r["model"]}' if r.get('model') is not None else ''
-
-
-def sanity_flags(records):
-  """Warnings (strings) about results that point to gradient masking.
-
-  Differences of at most one example's worth are ignored. Rules:
-    1. a single-step attack (FGSM family) leaves a lower accuracy than a
-       multi-step one (PGD, APGD, CW, ...) of the same model, norm and eps;
-    2. more steps or restarts of the same attack, norm, eps, loss and target
-       rule leave a higher accuracy;
-    3. a black-box (transfer) attack on a model leaves a lower accuracy than
-       the same attack run white-box on that model (off-diagonal < diagonal);
-    4. a larger eps of the same attack settings leaves a higher accuracy.
-  Untargeted comparisons (1) skip attacks with a target rule (random/worst).
-  """
-  warnings = []
-  wb = _whitebox(records)
-  for a in wb:
-    if a.get('attack') not in SINGLE_STEP or a.get('target') in attacks.TARGETS:
-      continue
-    for b in wb:
-      if (b.get('attack') in MULTI_STEP and b.get('model') == a.get('model')
-          and b.get('norm') == a.get('norm') and b.get('eps') == a.get('eps')
-          and b.get('target') not in attacks.TARGETS
-          and a['accuracy'] < b['accuracy'] - _slack(a, b)):
-        warnings.append(
-            f'single-step {a["name"]} ({_pct(a)}) is stronger than multi-step '
-            f'{b["name"]} ({_pct(b)}){_model_note(a)} at {a["norm"]} '
-            f'eps={a["eps"]:.4g}: gradient masking? (the multi-step attack '
-            'is failing)')
-
-  def same(a, b, keys):
-    return all(a.get(k) == b.get(k) for k in keys)
-
-  family = ('model', 'attack', 'norm', 'eps', 'loss', 'target', 'random_start')
-  for a in wb:
-    for b in wb:
-      if a is b or a.get('attack') == 'clean' or not same(a, b, family):
-        continue
-      more = (b.get('steps', 0) >= a.get('steps', 0) and
-              b.get('restarts', 1) >= a.get('restarts', 1) and
-              (b.get('steps'), b.get('restarts')) != (a.get('steps'),
-                                                     a.get('restarts')))
-      if more and b['accuracy'] > a['accuracy'] + _slack(a, b):
-        warnings.append(
-            f'{b["name"]} ({_pct(b)}, {b.get("steps")} steps x '
-            f'{b.get("restarts")} restarts) leaves a higher accuracy than '
-            f'{a["name"]} ({_pct(a)}, {a.get("steps")} x {a.get("restarts")})'
-            f'{_model_note(a)}: more steps/restarts should not help the '
-            'model (randomness or a broken attack?)')
-
-  for r in records:
-    if r.get('source') is None or r.get('source') == r.get('model'):
-      continue
-    for d in records:
-      if (d.get('source') == d.get('model') == r.get('model')
-          and d.get('name') == r.get('name')
-          and r['accuracy'] < d['accuracy'] - _slack(r, d)):
-        warnings.append(
-            f'black-box {r["name"]} transferred from {r["source"]} leaves '
-            f'{r["model"]} at {_pct(r)}, below its white-box accuracy '
-            f'{_pct(d)} under the same attack: the white-box attack on '
-            f'{r["model"]} is failing (gradient masking?)')
-
-  settings = ('model', 'attack', 'norm', 'steps', 'restarts', 'loss',
-              'target', 'random_start')
-  for a in wb:
-    for b in wb:
-      if (a.get('attack') != 'clean' and same(a, b, settings)
-          and b.get('eps', 0) > a.get('eps', 0)
-          and b['accuracy'] > a['accuracy'] + _slack(a, b)):
-        warnings.append(
-            f'{b["name"]} ({_pct(b)}) leaves a higher accuracy than the '
-            f'smaller-eps {a["name"]} ({_pct(a)}){_model_note(a)}: accuracy '
-            'should not rise with eps (gradient masking?)')
-  return warnings
-
-
-# ----------------------------------------------------------------------------
-# Reports.
-
-
-def markdown_table(records, columns=('name', 'norm', 'eps', 'steps',
-                                     'step_size', 'restarts', 'loss',
-                                     'num_examples', 'accuracy')):
-  """Markdown table of eval records (accuracy in percent)."""
-  def fmt(key, v):
-    if key == 'accuracy':
-      return f'{100 * v:.2f}%'
-    if isinstance(v, float):
-      return f'{v:.4g}'
-    return '' if v is None else str(v)
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '|'.join('---' for _ in columns) + '|']
-  lines += ['| ' + ' | '.join(fmt(c, r.get(c)) for c in columns) + ' |'
-            for r in records]
-  return '\n'.join(lines)
-
-
-def warnings_markdown(warnings):
-  """The sanity-flag section printed below every table."""
-  if not warnings:
-    return 'Sanity checks: no warnings.'
-  return '\n'.join(['Sanity checks: WARNINGS'] +
-                   [f'- WARNING: {w}' for w in warnings])
-
-
-def write_json(path, obj):
-  """Writes obj as JSON (process 0 only), creating the folder."""
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(obj, f, indent=2)
-
-
-def write_text(path, text):
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-      f.write(text.rstrip('\n') + '\n')
-
-
-def write_report(records, workdir, name='eval'):
-  """Writes <workdir>/<name>.json ({"records": [...], "warnings": [...]})
-  and <name>.md; returns the markdown: the table, then the sanity flags."""
-  warnings = sanity_flags(records)
-  text = markdown_table(records) + '\n\n' + warnings_markdown(warnings)
-  write_json(os.path.join(workdir, f'{name}.json'),
-             {'records': records, 'warnings': warnings})
-  write_text(os.path.join(workdir, f'{name}.md'), text)
-  return text
 
 
 # ----------------------------------------------------------------------------

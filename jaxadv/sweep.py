@@ -21,6 +21,8 @@ import jax.numpy as jnp
 
 from jaxadv import attacks
 from jaxadv import evaluate
+from jaxadv import reports
+from jaxadv import sanity
 
 _SPEC_RE = re.compile(r'^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$', re.S)
 
@@ -178,17 +180,17 @@ def main(argv=None):
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  warnings = evaluate.sanity_flags(
+  warnings = sanity.sanity_flags(
       [r for records in curves.values() for r in records])
   title = f'{args.attack}, eps swept'
   text = (f'Robust accuracy vs eps: {args.attack}\n\n' +
           sweep_markdown(curves) + '\n\n' +
-          evaluate.warnings_markdown(warnings))
-  evaluate.write_json(os.path.join(args.out, 'sweep.json'), {
+          reports.warnings_markdown(warnings))
+  reports.write_json(os.path.join(args.out, 'sweep.json'), {
       'attack': args.attack, 'eps': [r['eps'] for r in curves[labels[0]]],
       'workdirs': dict(
           zip(labels, workdirs)), 'curves': curves, 'warnings': warnings})
-  evaluate.write_text(os.path.join(args.out, 'sweep.md'), text)
+  reports.write_text(os.path.join(args.out, 'sweep.md'), text)
   wrote = 'json,md'
   if jax.process_index() == 0:
     try:

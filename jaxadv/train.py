@@ -20,19 +20,21 @@ import numpy as np
 from jaxadv import attacks
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import data
+from jaxadv.errors import NonFiniteError  # re-exported: train.NonFiniteError
 from jaxadv import evaluate
 from jaxadv import methods as methods_lib
 from jaxadv import models
 from jaxadv import optim
 from jaxadv import parallel
 from jaxadv import progress as progress_lib
-from jaxadv import validation
+from jaxadv import reports
+from jaxadv import sanity
 from jaxadv.train_state import create_train_state
+from jaxadv import validation
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-from jaxadv.errors import NonFiniteError  # re-exported: train.NonFiniteError
 
 
 def load_data(config):
@@ -453,8 +455,8 @@ def train_and_evaluate(config, workdir):
           mesh=mesh, specs=specs, batch_size=config.eval.batch_size,
           num_examples=config.eval.num_examples, seed=config.eval.seed,
           dtype=results['eval_dtype'])
-      evaluate.write_report(results['robust'], workdir)
-      results['warnings'] = evaluate.sanity_flags(results['robust'])
+      reports.write_report(results['robust'], workdir)
+      results['warnings'] = sanity.sanity_flags(results['robust'])
   if is_main:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
@@ -527,5 +529,5 @@ def evaluate_checkpoint(config, workdir):
         mesh=mesh, specs=s['specs'], batch_size=config.eval.batch_size,
         num_examples=config.eval.num_examples, seed=config.eval.seed,
         dtype=out['eval_dtype'])
-    out['table'] = evaluate.write_report(out['robust'], workdir)
+    out['table'] = reports.write_report(out['robust'], workdir)
   return out

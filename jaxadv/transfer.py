@@ -9,7 +9,7 @@ The result is a source x target accuracy matrix: row = the model the attack
 ran on (source), column = the model evaluated (target). The diagonal is
 white-box accuracy, the off-diagonal black-box (transfer) accuracy; a column
 whose off-diagonal entries fall below its diagonal entry means the white-box
-attack on that target is failing (see evaluate.sanity_flags). Every model
+attack on that target is failing (see jaxadv.sanity). Every model
 sees the same seeded test subset, and each source's examples are crafted
 once and reused for every target.
 """
@@ -20,6 +20,8 @@ import time
 
 from jaxadv import attacks
 from jaxadv import evaluate
+from jaxadv import reports
+from jaxadv import sanity
 
 
 def transfer_matrix(models, images, labels, attack, *, batch_size,
@@ -114,12 +116,12 @@ def transfer_markdown(result):
 def write_transfer_report(result, out_dir, name='transfer'):
   """Writes <out_dir>/<name>.json (the result plus "warnings") and
   <name>.md; returns the markdown with the sanity flags."""
-  warnings = evaluate.sanity_flags(result['records'])
+  warnings = sanity.sanity_flags(result['records'])
   text = (transfer_markdown(result) + '\n\n' +
-          evaluate.warnings_markdown(warnings))
-  evaluate.write_json(os.path.join(out_dir, f'{name}.json'),
+          reports.warnings_markdown(warnings))
+  reports.write_json(os.path.join(out_dir, f'{name}.json'),
                       {**result, 'warnings': warnings})
-  evaluate.write_text(os.path.join(out_dir, f'{name}.md'), text)
+  reports.write_text(os.path.join(out_dir, f'{name}.md'), text)
   return text
 
 

@@ -17,6 +17,8 @@ from conftest import REPO, tiny_config
 from jaxadv import attacks
 from jaxadv import data
 from jaxadv import evaluate
+from jaxadv import reports
+from jaxadv import sanity
 from jaxadv import sweep
 from jaxadv import train
 from jaxadv import transfer
@@ -144,10 +146,10 @@ def test_run_attacks_records_and_report(loaded, tmp_path):
       np.mean(_predictions(state, sub_img) == sub_lbl))
   assert records[2]['accuracy'] <= records[0]['accuracy']
 
-  text = evaluate.write_report(records, str(tmp_path))
+  text = reports.write_report(records, str(tmp_path))
   saved = json.load(open(tmp_path / 'eval.json'))
   assert saved['records'] == records
-  assert saved['warnings'] == evaluate.sanity_flags(records)
+  assert saved['warnings'] == sanity.sanity_flags(records)
   assert 'pgd(eps=0.25, steps=2, restarts=2)' in text
   assert 'Sanity checks' in text
   assert open(tmp_path / 'eval.md').read().strip() == text.strip()
@@ -183,9 +185,9 @@ def _consistent():
 
 
 def test_sanity_flags_silent_on_consistent_records():
-  assert evaluate.sanity_flags(_consistent()) == []
+  assert sanity.sanity_flags(_consistent()) == []
   # Within one example's worth: noise, no flag.
-  assert evaluate.sanity_flags([_rec('fgsm(eps=0.3)', 0.049),
+  assert sanity.sanity_flags([_rec('fgsm(eps=0.3)', 0.049),
                                 _rec(PGD40, 0.0495),
                                 _rec(PGD100, 0.050)]) == []
 
@@ -205,7 +207,7 @@ def test_sanity_flags_silent_on_consistent_records():
      'rise with eps'),
 ])
 def test_sanity_flags_fire_and_name_the_attacks(bad, names, needle):
-  warnings = evaluate.sanity_flags(_consistent() + bad)
+  warnings = sanity.sanity_flags(_consistent() + bad)
   assert len(warnings) >= 1, warnings
   hits = [w for w in warnings if needle in w]
   assert hits, warnings

@@ -197,7 +197,18 @@ def _parse_value(text: str) -> Value:
   return int(m['num']) if re.fullmatch(r'-?\d+', m['num']) else float(m['num'])
 
 
-def parse_attack(spec: str) -> AttackSpec:
+def _method_value(key: str, value: Value, method: Mapping[str, Any] | None) -> Value:
+  """`value`, or the training method's value of `key` when value is the name 'method'."""
+  if value != 'method':
+    return value
+  if method is None or method.get(key) is None:
+    known = ', '.join(sorted(k for k, v in (method or {}).items() if v is not None)) or 'none'
+    raise ValueError(f'{key}=method needs a training method with a {key!r} setting (config.method.'
+                     f'{key}); the method has: {known}')
+  return method[key]
+
+
+def parse_attack(spec: str, method: Mapping[str, Any] | None = None) -> AttackSpec:
   """Parses an attack spec (no eval()).
 
   Grammar (whitespace is free around tokens):
@@ -211,6 +222,10 @@ def parse_attack(spec: str) -> AttackSpec:
   Examples: 'pgd(norm=linf, eps=8/255, steps=50, restarts=10)', 'fgsm(eps=0.3)',
   'apgd_ce(eps=0.3, steps=100)', 'apgd_t(eps=8/255)', 'cw(eps=8/255, steps=100)',
   'pgd(eps=0.3, steps=40, target=worst)', 'clean'.
+
+  `key=method` takes the training method's resolved value of that key from `method` (e.g.
+  `pgd(eps=method, steps=20)` attacks at config.method.eps), so one override of the training eps
+  moves training, the monitor and the evaluation together.
 
   Raises:
     ValueError: one line naming the bad attack name / key / value and the valid choices.
@@ -227,7 +242,8 @@ def parse_attack(spec: str) -> AttackSpec:
         if not eq or not key.strip():
           raise ValueError(f'expected key=value, got {arg.strip()!r}')
         try:
-          params.append((key.strip(), _parse_value(value.strip())))
+          params.append((key.strip(), _method_value(key.strip(), _parse_value(value.strip()),
+                                                    method)))
         except ValueError as e:
           raise ValueError(f'{key.strip()}: {e}') from None
     return AttackSpec(name, tuple(params))
@@ -235,13 +251,14 @@ def parse_attack(spec: str) -> AttackSpec:
     raise ValueError(f'invalid attack spec {spec!r}: {e}') from None
 
 
-def make_attack(spec: AttackSpec | str) -> Callable[..., jax.Array]:
+def make_attack(spec: AttackSpec | str,
+                method: Mapping[str, Any] | None = None) -> Callable[..., jax.Array]:
   """The attack of a spec as fn(logits_fn, rng, x, y) -> stop_gradient(x_adv).
 
   target=worst uses worst_target(logits_fn(x), y); target=random draws with the first half of
   jax.random.split(rng) and attacks with the second.
   """
-  spec = parse_attack(spec) if isinstance(spec, str) else spec
+  spec = parse_attack(spec, method) if isinstance(spec, str) else spec
   attack = ATTACKS[spec.name]
   kwargs = spec.kwargs
   target_rule = kwargs.pop('target', None)
