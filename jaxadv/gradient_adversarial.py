@@ -25,8 +25,10 @@ Networks are seen as closures `logits_fn(x) -> logits` (b, classes), as the
 attacks see them; with `has_aux=True` they return `(logits, aux)` (e.g. the
 BatchNorm statistic updates of `methods.common.forward`).
 """
+
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -122,6 +124,7 @@ def logits_and_masked_input_gradient(
     (logits, g), or (logits, g, aux) when has_aux. logits (b, C) as
     logits_fn returns them; g (b, ...) as x.
   """
+
   def log_probs_fn(x):
     out = logits_fn(x)
     logits, aux = out if has_aux else (out, None)
@@ -181,23 +184,28 @@ def masked_input_gradient(
 # GREACE (Algorithm 1 line 8, eq. 6).
 
 
-@jax.custom_vjp
-def _greace(logits, y, aux_probs, beta):
-  del aux_probs, beta
+# dtype (static) is the logits' dtype, which their cotangent must have.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _greace(logits, y, aux_probs, beta, dtype):
+  del aux_probs, beta, dtype
   return cross_entropy(logits, y)
 
 
-def _greace_fwd(logits, y, aux_probs, beta):
+def _greace_fwd(logits, y, aux_probs, beta, dtype):
+  del dtype
   log_probs = jax.nn.log_softmax(_as_float(logits))
   loss = _log_softmax_nll(log_probs, y)
-  return loss, (log_probs, y, aux_probs, beta, logits.dtype)
+  return loss, (log_probs, y, aux_probs, beta)
 
 
-def _greace_bwd(res, ct):
-  log_probs, y, aux_probs, beta, dtype = res
+def _greace_bwd(dtype, res, ct):
+  log_probs, y, aux_probs, beta = res
   onehot = jax.nn.one_hot(y, log_probs.shape[-1], dtype=log_probs.dtype)
-  grad = (jnp.exp(log_probs) - onehot
-          + beta * aux_probs.astype(log_probs.dtype) * (1 - onehot))
+  grad = (
+      jnp.exp(log_probs)
+      - onehot
+      + beta * aux_probs.astype(log_probs.dtype) * (1 - onehot)
+  )
   dlogits = (ct[:, None].astype(grad.dtype) * grad).astype(dtype)
   return dlogits, None, jnp.zeros_like(aux_probs), jnp.zeros_like(beta)
 
@@ -236,7 +244,7 @@ def greace_cross_entropy(
   beta = jnp.asarray(beta)
   if not jnp.issubdtype(beta.dtype, jnp.floating):
     beta = beta.astype(jnp.float32)
-  return _greace(logits, y, aux_probs, beta)
+  return _greace(logits, y, aux_probs, beta, logits.dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -250,7 +258,7 @@ def poly_decay(epoch_fraction, power: float = 0.9):
   epoch_fraction = e/e_max, float or traced; clipped to [0, 1].
   """
   f = jnp.clip(jnp.asarray(epoch_fraction, jnp.float32), 0.0, 1.0)
-  return (1.0 - f)**power
+  return (1.0 - f) ** power
 
 
 def poly_ramp(epoch_fraction, max_value, power: float = 0.9):
@@ -284,6 +292,7 @@ class GreatOutputs(NamedTuple):
   g: the masked input gradient, shaped like x.
   main_aux, aux_aux: the logits_fns' aux outputs (None unless has_aux).
   """
+
   cls_loss: jax.Array
   aux_loss: jax.Array
   main_logits: jax.Array
@@ -362,7 +371,8 @@ def great_losses(
     main_logits_fn = lambda x: (main_fn(x), None)
     aux_logits_fn = lambda g: (aux_fn(g), None)
   main_logits, g, main_aux = logits_and_masked_input_gradient(
-      main_logits_fn, x, y, has_aux=True)
+      main_logits_fn, x, y, has_aux=True
+  )
   g_in = grad_reversal(g, alpha) if use_great else jax.lax.stop_gradient(g)
   aux_logits, aux_aux = aux_logits_fn(g_in)
   aux_loss = cross_entropy(aux_logits, y)
@@ -372,5 +382,6 @@ def great_losses(
   else:
     cls_loss = cross_entropy(main_logits, y)
   total = jnp.mean(cls_loss) + jnp.mean(aux_loss)
-  return total, GreatOutputs(cls_loss, aux_loss, main_logits, aux_logits, g,
-                             main_aux, aux_aux)
+  return total, GreatOutputs(
+      cls_loss, aux_loss, main_logits, aux_logits, g, main_aux, aux_aux
+  )
