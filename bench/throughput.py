@@ -25,9 +25,10 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jaxadv import data  # pylint: disable=g-import-not-at-top
+from jaxadv import build  # pylint: disable=g-import-not-at-top
+from jaxadv import data
 from jaxadv import parallel
-from jaxadv import train
+from jaxadv import steps
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config.',
                                 lock_config=False)
@@ -98,10 +99,8 @@ def _xla_flops(lowered):
 def attack_grad_flops(state, image_shape, batch):
   """XLA FLOPs of one attack gradient (forward + input backward, inference
   BatchNorm) on `batch` images: the unit of PGD/FGSM cost."""
-  from jaxadv.methods import common  # pylint: disable=g-import-not-at-top
-
   def grad(x, y):
-    f = common.logits_fn(state)
+    f = state.logits_fn()
     return jax.grad(lambda x: jax.nn.log_softmax(f(x))[
         jax.numpy.arange(batch), y].sum())(x)
   x = jax.ShapeDtypeStruct((batch,) + image_shape, jax.numpy.float32)
@@ -122,12 +121,11 @@ def time_method(config, ds, mesh, steps):
   the device feed (data.feed, 'auto' puts CIFAR-10 there) the split sits on
   the devices and each call gathers its batches from indices inside the
   scan, as in training; with the host feed one prepared chunk is reused."""
-  s = train.setup(config, ds, mesh)
+  s = build.setup(config, ds, mesh)
   kind = ds.augment if config.data.augment == 'auto' else config.data.augment
   on_device = data.feed_on_device(config.data.get('feed', 'auto'), ds)
-  fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
-                           kind, on_device=on_device)
-  spc = train.steps_per_call(config)
+  fn = steps.make_train_fn(s, mesh, kind, on_device=on_device)
+  spc = steps.steps_per_call(config)
   b = config.batch_size
   batch = P(None, parallel.AXIS)
   if on_device:
@@ -141,7 +139,7 @@ def time_method(config, ds, mesh, steps):
     labels = ds.train_labels[:spc * b].reshape((spc, b))
     args = parallel.put_local_batch((images, labels), mesh, batch)
     one = parallel.put_local_batch((images[:1], labels[:1]), mesh, batch)
-  state = s['state']
+  state = s.state
   # FLOPs of ONE step, lowered without a loop (XLA counts a loop body once),
   # per device after partitioning: per image of the per-device batch.
   local_b = b // jax.device_count()
@@ -161,7 +159,7 @@ def time_method(config, ds, mesh, steps):
           # XLA's count: a PGD attack loop inside the step counted once.
           'xla_flops_per_image': flops / local_b,
           'xla_tflops_per_s': flops / local_b * images_done / seconds / 1e12,
-          'updates_per_step': s['updates_per_batch'],
+          'updates_per_step': s.updates_per_batch,
           'attack_grads_per_image': attack_grads_per_image(config)}
 
 
@@ -171,7 +169,7 @@ def main(argv):
   if FLAGS.batch_size:
     base.batch_size = FLAGS.batch_size
   mesh = parallel.make_mesh()
-  base.steps_per_call = train.steps_per_call(base)
+  base.steps_per_call = steps.steps_per_call(base)
   ds = fake_dataset(base, base.batch_size * base.steps_per_call)
   rows = {}
   for name in FLAGS.methods.split(','):
@@ -184,7 +182,7 @@ def main(argv):
   # the standard step's per update, plus one attack gradient per PGD/FGSM
   # step, all on the per-device batch.
   local_b = base.batch_size // jax.device_count()
-  state0 = train.setup(method_config(base, 'standard'), ds, mesh)['state']
+  state0 = build.setup(method_config(base, 'standard'), ds, mesh).state
   grad_flops = attack_grad_flops(state0, ds.image_shape, local_b) / local_b
   std_flops = (rows['standard']['xla_flops_per_image'] if 'standard' in rows
                else None)

@@ -47,6 +47,10 @@ def get_config():
   c.optim.onecycle_peak = 0.4     # onecycle: fraction of training spent rising to the peak
   c.optim.poly_power = 0.9        # poly: lr * (1 - epoch/num_epochs) ** power (GREAT)
   c.optim.grad_clip = 0.0         # >0: clip the global gradient norm
+  # Parameter groups: name -> ConfigDict(pattern=regex on 'module/.../param'
+  # paths, lr_scale=1.0, weight_decay=None (= optim's), frozen=False); a
+  # parameter takes the first matching group, else the plain optimizer.
+  c.optim.groups = ml_collections.ConfigDict()
 
   c.num_epochs = 2                # passes over the train split (Free makes m updates per batch)
   c.batch_size = 128              # global batch, split over all devices

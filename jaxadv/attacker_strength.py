@@ -23,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jaxadv import evaluate
+from jaxadv import runs
 from jaxadv import train
 from jaxadv import transfer
 
@@ -65,7 +66,7 @@ def run_study(base, workdir, kappas, num_examples=1000, seed=0):
     train.train_and_evaluate(kappa_config(base, k), dirs[k])
   models, ds = {}, None
   for k in kappas:
-    _, state, specs, mesh, ds = evaluate.load_workdir(dirs[k])
+    _, state, specs, mesh, ds = runs.load_run(dirs[k])
     models[f'kappa={k}'] = (state, specs, mesh)
   names = list(models)
   table, attacks_used, clean = [], [], []

@@ -1,9 +1,10 @@
 """orbax checkpoints of the TrainState: periodic saves, keep N, resume.
 
-What is saved is the state's pytree (step, params, statistics, optimizer and
-method state, rng) plus a small JSON record. Restoring takes the shardings of
-a template state, so a checkpoint written on one device count restores onto
-another.
+What is saved is `train_state.saved_tree(state)`: every pytree field of the
+state (step, rng, every trained network's parameters, statistics and
+optimizer state, method state) except the frozen networks, plus a small JSON
+record. Restoring takes the shardings of a template state, so a checkpoint
+written on one device count restores onto another.
 """
 import os
 
@@ -11,13 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-_FIELDS = ('step', 'params', 'batch_stats', 'batch_stats_adv', 'opt_state',
-           'rng', 'method_state')
-
-
-def state_tree(state):
-  """The saved part of a TrainState, as a plain dict."""
-  return {f: getattr(state, f) for f in _FIELDS}
+from jaxadv import train_state as ts
 
 
 def _abstract(x):
@@ -43,7 +38,7 @@ class Checkpointer:
   def save(self, step, state, meta=None, force=True):
     """Saves `state` under `step` (asynchronously; see wait())."""
     self._mgr.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_tree(state)),
+        state=ocp.args.StandardSave(ts.saved_tree(state)),
         meta=ocp.args.JsonSave(meta or {})), force=force)
 
   def delete(self, step):
@@ -54,11 +49,12 @@ class Checkpointer:
   def restore(self, template, step=None):
     """Returns (state, meta) restored onto the shardings of `template`."""
     step = self.latest_step() if step is None else step
-    abstract = jax.tree_util.tree_map(_abstract, state_tree(template))
+    abstract = jax.tree_util.tree_map(_abstract, ts.saved_tree(template))
     out = self._mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
         meta=ocp.args.JsonRestore()))
-    return template.replace(**out['state']), dict(out['meta'] or {})
+    return (ts.with_saved_tree(template, out['state']),
+            dict(out['meta'] or {}))
 
   def read_meta(self, step=None):
     """The JSON record saved with `step` (default: the latest)."""

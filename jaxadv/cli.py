@@ -2,7 +2,7 @@
 one-line messages and exit codes."""
 import sys
 
-from jaxadv import evaluate
+from jaxadv import eval_run
 from jaxadv import reports
 from jaxadv import train
 from jaxadv import validation
@@ -49,7 +49,7 @@ def run(config, workdir, mode):
               file=sys.stderr)
         return EXIT_INTERRUPTED
       return 0
-    out = train.evaluate_checkpoint(config, workdir)
+    out = eval_run.evaluate_checkpoint(config, workdir)
     rows = [('checkpoint step', out['step']),
             ('examples', out['num_examples']),
             ('clean test accuracy', out['test_accuracy'])]

@@ -23,11 +23,15 @@ import os
 import pathlib
 import socket
 from typing import Any, Iterator, NamedTuple, Optional, Sequence
+import zipfile
+import zlib
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxadv.errors import ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA_DIR_ENV = 'JAXADV_DATA_DIR'
@@ -149,21 +153,54 @@ def offline_dir(name: str, data_dir: str = '') -> Optional[pathlib.Path]:
   return None
 
 
+def damaged(path, reason: str) -> ConfigError:
+  """The one-line error for a data file that cannot be read as what it is."""
+  return ConfigError(f'{path} is damaged ({reason}); replace it with a good '
+                     'copy')
+
+
+def _reason(exc: BaseException) -> str:
+  """Why reading a compressed file failed, in a few words."""
+  if isinstance(exc, EOFError):
+    return 'truncated'
+  if isinstance(exc, gzip.BadGzipFile):
+    return f'not a valid gzip file: {exc}'
+  if isinstance(exc, zipfile.BadZipFile):
+    return f'not a valid zip archive: {exc}'
+  if isinstance(exc, zlib.error):
+    return f'corrupt compressed data: {exc}'
+  text = str(exc).strip().splitlines()
+  return f'{type(exc).__name__}: {text[0]}' if text else type(exc).__name__
+
+
 def read_idx(path) -> np.ndarray:
-  """Reads an IDX file (gzipped if the name ends in .gz) into a uint8 array."""
+  """Reads an IDX file (gzipped if the name ends in .gz) into a uint8 array.
+
+  A truncated or corrupt file raises ConfigError naming it (damaged()).
+  """
   path = pathlib.Path(path)
   opener = gzip.open if path.suffix == '.gz' else open
-  with opener(path, 'rb') as f:
-    raw = f.read()
+  try:
+    with opener(path, 'rb') as f:
+      raw = f.read()
+  except EOFError:
+    raise damaged(path, 'truncated gzip stream') from None
+  except (gzip.BadGzipFile, zlib.error) as e:
+    raise damaged(path, _reason(e)) from None
+  if not raw:
+    raise damaged(path, 'empty')
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-    raise ValueError(f'{path}: not an IDX file (bad magic {raw[:4]!r})')
+    raise damaged(path, f'not an IDX file: bad magic {raw[:4]!r}')
   if raw[2] != 0x08:
-    raise ValueError(f'{path}: IDX element type 0x{raw[2]:02x}, expected 0x08 (uint8)')
+    raise damaged(path, f'IDX element type 0x{raw[2]:02x}, expected 0x08 '
+                  '(uint8)')
   ndim = raw[3]
+  if len(raw) < 4 + 4 * ndim:
+    raise damaged(path, f'{len(raw)} bytes, shorter than its IDX header')
   dims = tuple(int(d) for d in np.frombuffer(raw, '>i4', count=ndim, offset=4))
   data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
   if data.size != int(np.prod(dims)):
-    raise ValueError(f'{path}: {data.size} bytes of data, header says {dims}')
+    raise damaged(path, f'{data.size} bytes of data, its header says {dims}')
   return data.reshape(dims)
 
 
@@ -174,7 +211,10 @@ def _load_mnist(folder: pathlib.Path):
     images = read_idx(folder / images_file)[..., None]   # (N, 28, 28, 1)
     labels = read_idx(folder / labels_file).astype(np.int32)
     if len(images) != len(labels):
-      raise ValueError(f'{folder}: {split} has {len(images)} images, {len(labels)} labels')
+      raise ConfigError(
+          f'{folder / images_file} holds {len(images)} images but '
+          f'{folder / labels_file} {len(labels)} labels: one of them is '
+          'damaged; replace it with a good copy')
     splits += [images, labels]
   return splits
 
@@ -233,26 +273,102 @@ def cifar10_cache_files(npz_path, cache_dir: str = '') -> dict:
   return {s: folder / f'cifar10_{s}_images_{key}.npy' for s in ('train', 'test')}
 
 
+# What np.load and reading an npz member raise for a damaged file.
+_NPZ_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, zlib.error)
+
+
+def _read_cache(cache: dict, labels: dict) -> Optional[dict]:
+  """The decoded images from the .npy cache, or None if a file is missing or
+  damaged (a damaged one is deleted, so the caller decodes and rewrites)."""
+  if not all(f.is_file() for f in cache.values()):
+    return None
+  images = {}
+  for s, f in cache.items():
+    try:
+      images[s] = np.load(f)
+      good = (images[s].dtype == np.uint8 and images[s].ndim == 4 and
+              len(images[s]) == len(labels[s]))
+    except (OSError, EOFError, ValueError):
+      good = False
+    if not good:
+      for g in cache.values():
+        try:
+          g.unlink()
+        except OSError:
+          pass
+      return None
+  return images
+
+
+def _write_cache(cache: dict, images: dict) -> None:
+  """Saves the decoded images; a cache that cannot be written (read-only,
+  full disk) is skipped, leaving no temporary file."""
+  for s, f in cache.items():
+    # Unique per host and process: caches may sit on shared storage.
+    tmp = f.with_name(f'{f.stem}.{socket.gethostname()}.{os.getpid()}'
+                      '.tmp.npy')
+    try:
+      f.parent.mkdir(parents=True, exist_ok=True)
+      np.save(tmp, images[s])
+      os.replace(tmp, f)  # atomic: a concurrent reader never sees half a file
+    except OSError:
+      try:
+        tmp.unlink()
+      except OSError:
+        pass
+      return  # decode again next time
+
+
+def _not_npz(path: pathlib.Path, exc: BaseException) -> str:
+  """Why np.load could not open `path` as an .npz archive."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(64)
+  except OSError:
+    head = b''
+  if head.startswith(b'version https://git-lfs'):
+    return 'a Git LFS pointer, not the data: git lfs pull'
+  if isinstance(exc, ValueError):
+    return 'not an .npz archive'
+  return _reason(exc)
+
+
 def _load_cifar10(folder: pathlib.Path, cache_dir: str):
   path = folder / _CIFAR10_FILE
   cache = cifar10_cache_files(path, cache_dir)
-  with np.load(path) as z:
-    labels = {s: z[f'{s}_labels'].astype(np.int32) for s in cache}
-    if all(f.is_file() for f in cache.values()):
-      images = {s: np.load(f) for s, f in cache.items()}
-    else:
-      decoded = _decode_all([(z[f'{s}_jpeg'], z[f'{s}_offsets']) for s in cache])
-      images = dict(zip(cache, decoded))
-      try:
-        for s, f in cache.items():
-          f.parent.mkdir(parents=True, exist_ok=True)
-          # Unique per host and process: caches may sit on shared storage.
-          tmp = f.with_name(f'{f.stem}.{socket.gethostname()}.{os.getpid()}'
-                            '.tmp.npy')
-          np.save(tmp, images[s])
-          os.replace(tmp, f)  # atomic: a concurrent reader never sees half a file
-      except OSError:
-        pass  # read-only cache dir: decode again next time
+  try:
+    z = np.load(path)
+  except _NPZ_ERRORS as e:
+    raise damaged(path, _not_npz(path, e)) from None
+  if not hasattr(z, 'files'):  # a plain .npy
+    raise damaged(path, 'not an .npz archive')
+  try:
+    with z:
+      wanted = [f'{s}_{k}' for s in cache
+                for k in ('jpeg', 'offsets', 'labels')]
+      missing = [k for k in wanted if k not in z.files]
+      if missing:
+        raise damaged(path, f'no array {", ".join(missing)}')
+      labels = {s: z[f'{s}_labels'].astype(np.int32) for s in cache}
+      images = _read_cache(cache, labels)
+      if images is None:
+        blobs = [(z[f'{s}_jpeg'], z[f'{s}_offsets']) for s in cache]
+  except ConfigError:
+    raise
+  except _NPZ_ERRORS as e:
+    raise damaged(path, _reason(e)) from None
+  if images is None:
+    try:
+      decoded = _decode_all(blobs)
+    except (OSError, ValueError, IndexError, TypeError) as e:
+      raise damaged(path, f'a JPEG does not decode: {type(e).__name__}'
+                    ) from None
+    images = dict(zip(cache, decoded))
+    for s in cache:
+      if images[s] is None or len(images[s]) != len(labels[s]):
+        raise damaged(path, f'{s}: {len(labels[s])} labels, '
+                      f'{0 if images[s] is None else len(images[s])} images')
+    _write_cache(cache, images)
   return images['train'], labels['train'], images['test'], labels['test']
 
 

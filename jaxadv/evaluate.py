@@ -11,18 +11,15 @@ accuracy (in [0, 1]) and seconds. Records of several models also carry
 `model` (the evaluated model) and, for black-box transfer, `source` (the
 model the attack ran on).
 """
-import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-import ml_collections
 import numpy as np
 
 from jaxadv import attacks
-from jaxadv import checkpoint as ckpt_lib
 from jaxadv import data
 from jaxadv import parallel
 from jaxadv.methods import common
@@ -45,7 +42,7 @@ def make_accuracy_fn(mesh, specs, attack=None):
   all, can return a point classified correctly when the clean input is not.
   """
   def batch_accuracy(state, images, labels, mask, rng, *args):
-    model = common.logits_fn(state)
+    model = state.logits_fn()
     paired = isinstance(images, tuple)  # (precomputed x_adv, clean x)
     x, x_clean = ((data.to_float(images[0]), data.to_float(images[1]))
                   if paired else (data.to_float(images),) * 2)
@@ -71,6 +68,36 @@ def make_accuracy_fn(mesh, specs, attack=None):
         check_vma=False)
     return inner(state, images, labels, mask, rng, *args)
   return jax.jit(fn)
+
+
+def make_metrics_fn(mesh, specs, metrics_fn):
+  """jit(shard_map) of one eval batch -> {name: (sum, count)} summed over
+  devices, for a method's metrics_fn(state, batch) (batch: 'image' float in
+  [0, 1], 'label', 'mask'; see methods.common.accuracy_metrics)."""
+  def batch_metrics(state, images, labels, mask):
+    batch = {'image': data.to_float(images), 'label': labels, 'mask': mask}
+    return jax.lax.psum(metrics_fn(state, batch), parallel.AXIS)
+
+  b = P(parallel.AXIS)
+  return jax.jit(jax.shard_map(batch_metrics, mesh=mesh,
+                               in_specs=(specs, b, b, b), out_specs=P(),
+                               check_vma=False))
+
+
+def metrics(state, images, labels, *, mesh, specs, batch_size, metrics_fn=None,
+            fn=None):
+  """A method's eval metrics over images (N, H, W, C), all N counted once:
+  ({name: mean}, N). `fn` is a prebuilt make_metrics_fn (else built from
+  metrics_fn)."""
+  fn = fn or make_metrics_fn(mesh, specs, metrics_fn)
+  total = None
+  for _, g in _global_batches(images, labels, batch_size, mesh):
+    out = fn(state, *g)
+    total = out if total is None else jax.tree_util.tree_map(jnp.add, total,
+                                                             out)
+  fetched = parallel.fetch(total)
+  means = {k: float(s) / max(float(c), 1.0) for k, (s, c) in fetched.items()}
+  return means, len(labels)
 
 
 def _global_batches(images, labels, batch_size, mesh):
@@ -127,7 +154,7 @@ def adversarial_examples(state, images, labels, attack, *, mesh, specs,
   """
   def batch_attack(state, images, labels, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
-    return attack(common.logits_fn(state), rng, data.to_float(images), labels)
+    return attack(state.logits_fn(), rng, data.to_float(images), labels)
 
   b = P(parallel.AXIS)
   fn = jax.jit(jax.shard_map(batch_attack, mesh=mesh,  # check_vma: see
@@ -160,7 +187,7 @@ def robust_flags(state, images, labels, attack, *, mesh, specs, batch_size,
   """
   def batch_flags(state, images, labels, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
-    model = common.logits_fn(state)
+    model = state.logits_fn()
     x = data.to_float(images)
     ok = common.correct(model(attack(model, rng, x, labels)), labels)
     return ok * common.correct(model(x), labels)
@@ -194,15 +221,17 @@ def record(spec, accuracy_value, num_examples, seed, seconds, **extra):
 
 
 def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
-                batch_size, num_examples=0, seed=0, dtype=None):
+                batch_size, num_examples=0, seed=0, dtype=None,
+                method_settings=None):
   """Accuracy under each attack spec on the same seeded subset; one record
   per attack (see the module docstring). 'clean' is a valid spec. `dtype`,
-  the model's compute dtype, is recorded when given."""
+  the model's compute dtype, is recorded when given; `method_settings`
+  resolves `key=method` in the specs (the training method's values)."""
   extra = {} if dtype is None else {'dtype': dtype}
   images, labels = subset(images, labels, num_examples, seed)
   records = []
   for spec_text in attack_specs:
-    spec = attacks.parse_attack(spec_text)
+    spec = attacks.parse_attack(spec_text, method_settings)
     fn = None if spec.name == 'clean' else attacks.make_attack(spec)
     t0 = time.time()
     acc, n = accuracy(state, images, labels, mesh=mesh, specs=specs,
@@ -212,50 +241,7 @@ def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
 
 
 # ----------------------------------------------------------------------------
-# Trained workdirs.
-
-
-def _tuples(value):
-  """JSON lists back to the tuples configs store (configs hold no lists)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def load_config(workdir):
-  """<workdir>/config.json (written by train_and_evaluate) as a ConfigDict."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: train into {workdir} with '
-                            'main.py first (it writes config.json)')
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
-
-
-def load_workdir(workdir, mesh=None):
-  """Rebuilds a trained run: (config, state, specs, mesh, dataset).
-
-  The model, state layout and data come from <workdir>/config.json; the
-  state is the latest checkpoint in <workdir>/checkpoints, placed on `mesh`
-  (default: all devices), its model computing in the run's eval.dtype.
-  """
-  from jaxadv import train  # pylint: disable=g-import-not-at-top  (train imports evaluate)
-  config = load_config(workdir)
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  ds = train.load_data(config)
-  s = train.setup(config, ds, mesh)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                               config.keep_checkpoints)
-  try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f'no checkpoint in {ckpt.directory}; train '
-                              f'{workdir} first')
-    state, _ = ckpt.restore(s['state'])
-  finally:
-    ckpt.close()
-  return config, train.for_eval(config, ds, state), s['specs'], mesh, ds
+# Command-line helpers of the sweep and transfer tools.
 
 
 def parse_list(text):

@@ -6,7 +6,7 @@ per model, saved as numbers (sweep.json, sweep.md) and a plot (sweep.png).
       --out runs/sweep [--num_examples N] [--labels a,b] [--seed S]
 
 Each workdir is a trained run (config.json + checkpoints/, see
-evaluate.load_workdir). Every model is attacked on the same seeded test
+runs.load_run). Every model is attacked on the same seeded test
 subset (taken from the first workdir's test split). eps is in pixel scale
 and overrides any eps in the template.
 """
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxadv import attacks
 from jaxadv import evaluate
+from jaxadv import runs
 from jaxadv import reports
 from jaxadv import sanity
 
@@ -160,7 +161,7 @@ def main(argv=None):
       attack_at_eps(args.attack, e)  # a bad spec fails before any loading
     loaded, mesh = [], None
     for workdir in workdirs:  # all of them first: fail before any attack
-      loaded.append(evaluate.load_workdir(workdir, mesh))
+      loaded.append(runs.load_run(workdir, mesh))
       mesh = loaded[-1][3]
     config, ds = loaded[0][0], loaded[0][4]
     num = (config.eval.num_examples if args.num_examples is None

@@ -20,6 +20,7 @@ import time
 
 from jaxadv import attacks
 from jaxadv import evaluate
+from jaxadv import runs
 from jaxadv import reports
 from jaxadv import sanity
 
@@ -144,7 +145,7 @@ def main(argv=None):
     labels = evaluate.workdir_labels(args.labels, workdirs)
     models, mesh, first = {}, None, None
     for label, workdir in zip(labels, workdirs):
-      config, state, specs, mesh, ds = evaluate.load_workdir(workdir, mesh)
+      config, state, specs, mesh, ds = runs.load_run(workdir, mesh)
       if first is None:
         first = (config, ds)
       elif ds.test_images.shape[1:] != first[1].test_images.shape[1:]:

@@ -1,6 +1,7 @@
 """Checks a config before anything is compiled; one-line errors naming keys."""
 import jax
 
+from jaxadv import attacks
 from jaxadv import data as data_lib
 from jaxadv import methods as methods_lib
 from jaxadv import models as models_lib
@@ -98,37 +99,37 @@ def validate_config(config, num_devices=None, num_processes=None):
   except ValueError as e:
     raise ConfigError(str(e)) from None
   method.validate(config)
+  settings = methods_lib.settings(method, config)
   require(not config.model.dual_bn or
           methods_lib.trains_clean_bn(method, config),
           f"config.model.dual_bn=True with method '{config.method.name}', "
           'which trains on adversarial inputs only: the clean BatchNorm set '
           'that evaluation uses would never be trained; set model.dual_bn='
           'False (or, for pgd/fast, method.clean_weight > 0)')
-  _validate_eval(config, num_devices, num_processes)
-  _validate_monitor(config)
+  _validate_eval(config, num_devices, num_processes, settings)
+  _validate_monitor(config, settings)
   return method
 
 
-def _parse_attack(key, spec):
-  from jaxadv import attacks  # pylint: disable=g-import-not-at-top
+def _parse_attack(key, spec, settings):
   try:
-    return attacks.parse_attack(spec)
+    return attacks.parse_attack(spec, settings)
   except ValueError as e:
     raise ConfigError(f'{key}: {e}') from None
 
 
-def _validate_monitor(config):
+def _validate_monitor(config, settings):
   m = config.monitor
   if not m.attack:
     return
-  _parse_attack('config.monitor.attack', m.attack)
+  _parse_attack('config.monitor.attack', m.attack, settings)
   _positive(config, 'monitor.num_examples', integer=True)
   require(m.max_drop >= 0,
           f'config.monitor.max_drop={m.max_drop} must be >= 0 (a fraction: '
           '0.2 = 20 points)')
 
 
-def _validate_eval(config, num_devices, num_processes):
+def _validate_eval(config, num_devices, num_processes, settings):
   dtype = config.eval.get('dtype', '')
   require(dtype in ('', 'float32', 'bfloat16'),
           f"config.eval.dtype='{dtype}'; valid: float32, bfloat16, '' (= "
@@ -136,7 +137,7 @@ def _validate_eval(config, num_devices, num_processes):
   if not config.eval.attacks:
     return
   for spec in config.eval.attacks:
-    _parse_attack('config.eval.attacks', spec)
+    _parse_attack('config.eval.attacks', spec, settings)
   _positive(config, 'eval.batch_size', integer=True)
   _divisible(config, 'eval.batch_size', num_devices, num_processes)
   require(config.eval.num_examples >= 0,

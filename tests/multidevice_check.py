@@ -14,25 +14,26 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import evaluate
 from jaxadv import parallel
+from jaxadv import steps
 from jaxadv import train
 
 
 def run_steps(config, ds, devices, steps=3):
   mesh = parallel.make_mesh(devices)
-  s = train.setup(config, ds, mesh)
-  fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
-                           'none')
-  state = s['state']
+  s = build.setup(config, ds, mesh)
+  fn = steps.make_train_fn(s, mesh, 'none')
+  state = s.state
   b = config.batch_size
   for i in range(steps):
     images = ds.train_images[None, i * b:(i + 1) * b]
     labels = ds.train_labels[None, i * b:(i + 1) * b]
     g = parallel.put_local_batch((images, labels), mesh, P(None, 'data'))
     state, metrics = fn(state, *g)
-  return state, parallel.fetch(metrics), mesh, s['specs']
+  return state, parallel.fetch(metrics), mesh, s.specs
 
 
 def max_abs_diff(a, b):
@@ -53,14 +54,14 @@ def main(workdir, data_dir):
     if method == 'free':
       config.method.eps = 0.1
       config.method.replays = 2
-    ds = train.load_data(config)
+    ds = build.load_data(config)
     # Free: one call (2 replays). Later calls take sign() of input gradients
     # that differ by float rounding (XLA:CPU sums convolutions in loops in a
     # batch-size-dependent order), which flips a few delta entries by 2 eps.
     steps = 3 if method == 'standard' else 1
     s8, m8, mesh8, specs8 = run_steps(config, ds, jax.devices(), steps)
     s1, m1, _, _ = run_steps(config, ds, jax.devices()[:1], steps)
-    s0 = train.setup(config, ds, parallel.make_mesh(jax.devices()[:1]))[
+    s0 = build.setup(config, ds, parallel.make_mesh(jax.devices()[:1]))[
         'state']
     diffs[method] = max_abs_diff(s8, s1)
     updates[method] = max_abs_diff(s1, s0)  # how far the steps moved
@@ -86,7 +87,7 @@ def main(workdir, data_dir):
   ck.save(int(s8.step), s8)
   ck.wait()
   mesh1 = parallel.make_mesh(jax.devices()[:1])
-  template = train.setup(config, ds, mesh1)['state']
+  template = build.setup(config, ds, mesh1).state
   restored, _ = ck.restore(template)
   out['restore_diff'] = max(
       float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -107,7 +108,7 @@ def main(workdir, data_dir):
     res = train.train_and_evaluate(config, os.path.join(workdir, feed))
     out[f'feed_{feed}'] = res['data_feed']
     ck = ckpt_lib.Checkpointer(os.path.join(workdir, feed, 'checkpoints'))
-    finals[feed], _ = ck.restore(train.setup(config, ds, mesh8)['state'])
+    finals[feed], _ = ck.restore(build.setup(config, ds, mesh8).state)
     ck.close()
   out['feed_max_abs_diff'] = max(
       float(np.max(np.abs(np.asarray(a) - np.asarray(b))))

@@ -22,6 +22,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import data
 from jaxadv import parallel
@@ -55,10 +56,10 @@ def main(argv):
     data.train_chunks = chunks_then_sigterm
   config = config_for(data_dir)
   res = train.train_and_evaluate(config, workdir)
-  ds = train.load_data(config)
-  s = train.setup(config, ds, parallel.make_mesh())
+  ds = build.load_data(config)
+  s = build.setup(config, ds, parallel.make_mesh())
   ck = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
-  state, _ = ck.restore(s['state'])
+  state, _ = ck.restore(s.state)
   ck.close()
   leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats))
   out = {'process': jax.process_index(), 'processes': jax.process_count(),

@@ -6,6 +6,7 @@ import pytest
 from conftest import tiny_config
 from jaxadv import attacker_strength
 from jaxadv import evaluate
+from jaxadv import runs
 from jaxadv import transfer
 
 
@@ -34,7 +35,7 @@ def test_study_writes_table_with_white_box_diagonal(tiny_data_dir, tmp_path):
   # study evaluates only that target).
   models, ds = {}, None
   for k in (1, 2):
-    _, state, specs, mesh, ds = evaluate.load_workdir(str(tmp_path / f'kappa_{k}'))
+    _, state, specs, mesh, ds = runs.load_run(str(tmp_path / f'kappa_{k}'))
     models[f'kappa={k}'] = (state, specs, mesh)
   for i, k in enumerate((1, 2)):
     full = transfer.transfer_matrix(

@@ -18,6 +18,7 @@ from jaxadv import attacks
 from jaxadv import data
 from jaxadv import evaluate
 from jaxadv import reports
+from jaxadv import runs
 from jaxadv import sanity
 from jaxadv import sweep
 from jaxadv import train
@@ -56,8 +57,8 @@ def workdirs(tiny_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def loaded(workdirs):
-  """{name: (config, state, specs, mesh, dataset)} via evaluate.load_workdir."""
-  return {k: evaluate.load_workdir(w) for k, w in workdirs.items()}
+  """{name: (config, state, specs, mesh, dataset)} via runs.load_run."""
+  return {k: runs.load_run(w) for k, w in workdirs.items()}
 
 
 def _predictions(state, images):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from jaxadv import build
 from jaxadv import parallel
+from jaxadv import steps
 from jaxadv import train
 
 _OPERANDS = r':\s*\((tensor<[^>]*>), (tensor<[^>]*>)\)'
@@ -31,12 +33,11 @@ def test_bf16_step_has_no_f32_convolutions_or_matmuls(tiny_data_dir, model,
     config.method.steps = 2
   if method == 'free':
     config.method.replays = 2
-  ds = train.load_data(config)
+  ds = build.load_data(config)
   mesh = parallel.make_mesh()
-  s = train.setup(config, ds, mesh)
-  fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
-                           'none', on_device=True)
-  text = fn.lower(s['state'], ds.train_images, ds.train_labels,
+  s = build.setup(config, ds, mesh)
+  fn = steps.make_train_fn(s, mesh, 'none', on_device=True)
+  text = fn.lower(s.state, ds.train_images, ds.train_labels,
                   np.zeros((2, 16), np.int32)).as_text()
   convs = _operand_dtypes(text, 'convolution')
   dots = _operand_dtypes(text, 'dot_general')

@@ -1,6 +1,7 @@
 """Adversarial training methods: constraints of the inputs they train on,
 loss goes down under the trainer, Free's one pass per replay and carried
 perturbation, PGD with clean_weight=1 is standard training, config checks."""
+import dataclasses
 import functools
 import glob
 import importlib
@@ -12,8 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
+from jaxadv import build
 from jaxadv import data
+from jaxadv import methods
 from jaxadv import parallel
+from jaxadv import steps
 from jaxadv import train
 from jaxadv import validation
 from jaxadv.methods import common
@@ -43,7 +47,7 @@ def _config(data_dir, method, **overrides):
 def _setup(config):
   ds = data.load_dataset(config.data, seed=config.seed)
   mesh = parallel.make_mesh()
-  return ds, mesh, train.setup(config, ds, mesh)
+  return ds, mesh, build.setup(config, ds, mesh)
 
 
 def _fixed_batches(ds, mesh, steps):
@@ -59,8 +63,7 @@ def _mean(metric):
 
 
 def _train_fn(config, mesh, s):
-  return train.make_train_fn(config, s['model'], s['method'], mesh,
-                             s['specs'], 'none')
+  return steps.make_train_fn(s, mesh, 'none')
 
 
 @pytest.mark.parametrize('method', [
@@ -74,7 +77,7 @@ def test_steps_lower_the_training_loss_on_a_fixed_batch(tiny_data_dir,
   ds, mesh, s = _setup(config)
   fn = _train_fn(config, mesh, s)
   g = _fixed_batches(ds, mesh, 6)
-  state, m1 = fn(s['state'], g[0][:1], g[1][:1])
+  state, m1 = fn(s.state, g[0][:1], g[1][:1])
   if method['name'] == 'free':
     delta1 = np.asarray(state.method_state['per_example']['delta'])
   state, m2 = fn(state, g[0][1:], g[1][1:])
@@ -99,9 +102,14 @@ def _direct(config):
   """A state whose model has no mesh axis (sync_bn off) for direct calls."""
   config.sync_bn = False
   ds, _, s = _setup(config)
+  s.ctx = dataclasses.replace(s.ctx, axis_name=None)
   x = data.to_float(jnp.asarray(ds.train_images[:B]))
   y = jnp.asarray(ds.train_labels[:B])
   return s, x, y
+
+
+def _rngs(rng):
+  return methods.StepRngs(device=rng, shared=rng)
 
 
 def _perturbation_norms(x_adv, x):
@@ -117,9 +125,9 @@ def test_adversarial_examples_stay_in_ball_and_box(tiny_data_dir, module,
                                                    method):
   config = _config(tiny_data_dir, method)
   s, x, y = _direct(config)
-  fn = jax.jit(functools.partial(module.adversarial_examples, config=config))
-  x_adv = fn(s['state'], x, y, jax.random.PRNGKey(1))
-  _check_ball_and_box(s['state'], x_adv, x, y, method['eps'], method['norm'])
+  fn = jax.jit(module.make_adversarial_examples(s.ctx))
+  x_adv = fn(s.state, x, y, jax.random.PRNGKey(1))
+  _check_ball_and_box(s.state, x_adv, x, y, method['eps'], method['norm'])
 
 
 def _check_ball_and_box(state, x_adv, x, y, eps, norm):
@@ -143,11 +151,10 @@ def test_pgd_step_trains_on_examples_in_the_ball_and_keeps_one_stat_update(
   config = _config(tiny_data_dir, dict(name='pgd', eps=0.1, steps=3,
                                        attack_bn='train'))
   s, x, y = _direct(config)
-  state, rng = s['state'], jax.random.PRNGKey(3)
-  step = jax.jit(pgd.make_train_step(config, s['model']))
-  new, metrics = step(state, {'image': x, 'label': y}, rng)
-  x_adv = jax.jit(functools.partial(pgd.adversarial_examples, config=config))(
-      state, x, y, rng)
+  state, rng = s.state, jax.random.PRNGKey(3)
+  step = jax.jit(pgd.make_train_step(s.ctx))
+  new, metrics = step(state, {'image': x, 'label': y}, _rngs(rng))
+  x_adv = jax.jit(pgd.make_adversarial_examples(s.ctx))(state, x, y, rng)
   _check_ball_and_box(state, x_adv, x, y, 0.1, 'linf')
   logits, stats = common.forward(state, state.params, x_adv, train=True)
   np.testing.assert_allclose(
@@ -166,7 +173,7 @@ def test_pgd_with_clean_weight_one_is_the_standard_step(tiny_data_dir):
     config = _config(tiny_data_dir, method)
     ds, mesh, s = _setup(config)
     g = _fixed_batches(ds, mesh, 2)
-    state, _ = _train_fn(config, mesh, s)(s['state'], *g)
+    state, _ = _train_fn(config, mesh, s)(s.state, *g)
     params.append(state.params)
   for a, b in zip(*map(jax.tree_util.tree_leaves, params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -192,12 +199,12 @@ def test_free_replay_is_one_forward_backward_pass(tiny_data_dir):
   config = _config(tiny_data_dir, dict(name='free', eps=0.1, replays=2))
   s, x, y = _direct(config)
   replay = functools.partial(free.free_replay, eps=0.1, step_size=0.1)
-  jaxpr = jax.make_jaxpr(replay)(s['state'], x, y)
+  jaxpr = jax.make_jaxpr(replay)(s.state, x, y)
   assert _count_eqns(jaxpr.jaxpr, 'conv_general_dilated') == 3 * 3
   # The whole step is m = 2 unrolled replays: 9 convs each, nothing more.
-  step = free.make_train_step(config, s['model'])
-  jaxpr = jax.make_jaxpr(step)(s['state'], {'image': x, 'label': y},
-                               jax.random.PRNGKey(0))
+  step = free.make_train_step(s.ctx)
+  jaxpr = jax.make_jaxpr(step)(s.state, {'image': x, 'label': y},
+                               _rngs(jax.random.PRNGKey(0)))
   assert _count_eqns(jaxpr.jaxpr, 'conv_general_dilated') == 2 * 3 * 3
 
 
@@ -212,10 +219,10 @@ def test_free_step_updates_delta_by_the_signed_input_gradient(
   s, x, y = _direct(config)
   delta0 = eps * jax.random.uniform(jax.random.PRNGKey(5), x.shape, x.dtype,
                                     -1.0, 1.0)
-  state = s['state'].replace(method_state={'per_example': {'delta': delta0},
+  state = s.state.replace(method_state={'per_example': {'delta': delta0},
                                            'shared': {}})
-  step = jax.jit(free.make_train_step(config, s['model']))
-  new, _ = step(state, {'image': x, 'label': y}, jax.random.PRNGKey(0))
+  step = jax.jit(free.make_train_step(s.ctx))
+  new, _ = step(state, {'image': x, 'label': y}, _rngs(jax.random.PRNGKey(0)))
   assert int(new.step) == 1
 
   def loss(delta):
@@ -310,9 +317,9 @@ def test_each_step_draws_a_fresh_rng(tiny_data_dir):
   ds, mesh, s = _setup(config)
   fn = _train_fn(config, mesh, s)
   copy = lambda st: jax.tree_util.tree_map(jnp.copy, st)  # fn donates
-  later = copy(s['state']).replace(step=s['state'].step + 1)
-  _, m0 = fn(copy(s['state']), *_fixed_batches(ds, mesh, 1))
+  later = copy(s.state).replace(step=s.state.step + 1)
+  _, m0 = fn(copy(s.state), *_fixed_batches(ds, mesh, 1))
   _, m1 = fn(later, *_fixed_batches(ds, mesh, 1))
   assert float(m0['loss'][0]) != float(m1['loss'][0])
-  _, again = fn(copy(s['state']), *_fixed_batches(ds, mesh, 1))
+  _, again = fn(copy(s.state), *_fixed_batches(ds, mesh, 1))
   assert float(again['loss'][0]) == float(m0['loss'][0])  # and is seeded

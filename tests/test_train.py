@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
+from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import data
+from jaxadv import monitor as monitor_lib
 from jaxadv import parallel
+from jaxadv import steps
 from jaxadv import train
 from jaxadv import validation
 
@@ -22,19 +25,18 @@ from jaxadv import validation
 def _setup(config):
   ds = data.load_dataset(config.data, seed=config.seed)
   mesh = parallel.make_mesh()
-  return ds, mesh, train.setup(config, ds, mesh)
+  return ds, mesh, build.setup(config, ds, mesh)
 
 
 @pytest.mark.parametrize('model', ['mnist_cnn', 'cnn5'])
 def test_steps_lower_the_loss_on_a_fixed_batch(tiny_data_dir, model):
   config = tiny_config(tiny_data_dir, **{'model.name': model})
   ds, mesh, s = _setup(config)
-  fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
-                           'none')
+  fn = steps.make_train_fn(s, mesh, 'none')
   images = np.repeat(ds.train_images[None, :64], 5, axis=0)
   labels = np.repeat(ds.train_labels[None, :64], 5, axis=0)
   g = parallel.put_local_batch((images, labels), mesh, jax.sharding.PartitionSpec(None, 'data'))
-  state, m1 = fn(s['state'], g[0][:1], g[1][:1])
+  state, m1 = fn(s.state, g[0][:1], g[1][:1])
   state, m2 = fn(state, *g)
   first = float(m1['loss'][0] / m1['loss'][1])
   later = float(m2['loss'][0] / m2['loss'][1])
@@ -72,8 +74,8 @@ def test_interrupted_run_resumes_to_identical_parameters(tiny_data_dir,
   assert resumed['steps'] == full['steps']
 
   _, _, s = _setup(config)
-  a, _ = ckpt_lib.Checkpointer(str(tmp_path / 'full' / 'checkpoints')).restore(s['state'])
-  b, _ = ckpt_lib.Checkpointer(str(tmp_path / 'resumed' / 'checkpoints')).restore(s['state'])
+  a, _ = ckpt_lib.Checkpointer(str(tmp_path / 'full' / 'checkpoints')).restore(s.state)
+  b, _ = ckpt_lib.Checkpointer(str(tmp_path / 'resumed' / 'checkpoints')).restore(s.state)
   for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats, a.opt_state)),
                   jax.tree_util.tree_leaves((b.params, b.batch_stats, b.opt_state))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -93,7 +95,7 @@ def test_device_feed_equals_host_feed(tiny_data_dir, tmp_path,
     assert res['data_feed'] == feed
     _, _, s = _setup(config)
     ck = ckpt_lib.Checkpointer(str(tmp_path / feed / 'checkpoints'))
-    states[feed], _ = ck.restore(s['state'])
+    states[feed], _ = ck.restore(s.state)
     ck.close()
   a, b = states['host'], states['device']
   assert int(a.step) == int(b.step) == 8
@@ -135,7 +137,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
   assert ckpt.latest_step() == good
   _, _, s = _setup(config)
-  state, _ = ckpt.restore(s['state'])
+  state, _ = ckpt.restore(s.state)
   assert all(bool(jnp.all(jnp.isfinite(x)))
              for x in jax.tree_util.tree_leaves(state.params))
 
@@ -228,9 +230,9 @@ def test_model_normalize_switch(tiny_data_dir):
   config = tiny_config(tiny_data_dir, **{'model.name': 'wong_mnist'})
   ds = data.load_dataset(config.data)
   x = jnp.asarray(ds.train_images[:4] / 255.0, jnp.float32)
-  on = train.build_model(config, ds)
+  on = build.build_model(config, ds)
   config.model.normalize = False
-  off = train.build_model(config, ds)
+  off = build.build_model(config, ds)
   assert on.mean == ds.mean and off.mean is None and off.std is None
   v = on.init(jax.random.key(0), x)
   # Same weights, different first op: different logits.
@@ -239,11 +241,11 @@ def test_model_normalize_switch(tiny_data_dir):
 
 def test_steps_per_call_auto(tiny_data_dir):
   config = tiny_config(tiny_data_dir, steps_per_call=0)
-  assert train.steps_per_call(config, 'cpu') == 1
-  assert train.steps_per_call(config, 'gpu') == 10
-  assert train.steps_per_call(config, 'tpu') == 10
+  assert steps.steps_per_call(config, 'cpu') == 1
+  assert steps.steps_per_call(config, 'gpu') == 10
+  assert steps.steps_per_call(config, 'tpu') == 10
   config.steps_per_call = 3
-  assert train.steps_per_call(config, 'cpu') == 3
+  assert steps.steps_per_call(config, 'cpu') == 3
 
 
 def test_evaluation_runs_in_eval_dtype(tiny_data_dir):
@@ -252,19 +254,19 @@ def test_evaluation_runs_in_eval_dtype(tiny_data_dir):
   config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
                                          'dtype': 'bfloat16'})
   assert config.eval.dtype == 'float32'
-  ds = train.load_data(config)
-  state = train.setup(config, ds, parallel.make_mesh())['state']
+  ds = build.load_data(config)
+  state = build.setup(config, ds, parallel.make_mesh()).state
   x = data.to_float(ds.test_images[:16])
   logits = lambda st: np.asarray(st.apply_fn(st.variables(), x, train=False))
-  f32 = train.build_model(config, ds, dtype='float32')
+  f32 = build.build_model(config, ds, dtype='float32')
   want = np.asarray(f32.apply(state.variables(), x, train=False))
-  evaluated = train.for_eval(config, ds, state)
+  evaluated = build.for_eval(config, ds, state)
   np.testing.assert_allclose(logits(evaluated), want, rtol=1e-6, atol=1e-6)
   assert np.abs(logits(state) - want).max() > 1e-4      # bf16 differs
-  assert train.eval_dtype(config) == 'float32'
+  assert build.eval_dtype(config) == 'float32'
   config.eval.dtype = ''
-  assert train.for_eval(config, ds, state) is state
-  assert train.eval_dtype(config) == 'bfloat16'
+  assert build.for_eval(config, ds, state) is state
+  assert build.eval_dtype(config) == 'bfloat16'
 
 
 def _monitored(tiny_data_dir, **overrides):
@@ -285,14 +287,14 @@ def _script_monitor(monkeypatch, accuracies, on_call=None):
     if on_call:
       on_call(len(seen))
     return accuracies[len(seen) - 1]
-  monkeypatch.setattr(train.OverfitMonitor, 'robust_accuracy', scripted)
+  monkeypatch.setattr(monitor_lib.OverfitMonitor, 'robust_accuracy', scripted)
   return seen
 
 
 def _params(workdir, config, sub='checkpoints'):
   _, _, s = _setup(config)
   ck = ckpt_lib.Checkpointer(os.path.join(workdir, sub))
-  state, meta = ck.restore(s['state'])
+  state, meta = ck.restore(s.state)
   ck.close()
   return state, meta
 
@@ -357,10 +359,10 @@ def test_monitor_never_keeps_a_nonfinite_state(tiny_data_dir, tmp_path):
   best.close()
   # Called directly, the monitor refuses the state too.
   ds, mesh, s = _setup(config)
-  monitor = train.OverfitMonitor(config, ds, mesh, s['specs'],
-                                 str(tmp_path / 'direct'))
-  nan_state = s['state'].replace(params=jax.tree_util.tree_map(
-      lambda p: p * jnp.nan, s['state'].params))
+  monitor = monitor_lib.OverfitMonitor(config, ds, mesh, s.specs,
+                                       str(tmp_path / 'direct'))
+  nan_state = s.state.with_net('main', s.state.main.replace(
+      params=jax.tree_util.tree_map(lambda p: p * jnp.nan, s.state.params)))
   with pytest.raises(train.NonFiniteError, match='monitor did not keep'):
     monitor.update(nan_state, 1)
   assert monitor.ckpt.latest_step() is None
@@ -371,11 +373,11 @@ def test_monitor_resaves_a_step_it_already_holds(tiny_data_dir, tmp_path,
   # A run killed without saving redoes an epoch whose state is in best/.
   config = _monitored(tiny_data_dir)
   ds, mesh, s = _setup(config)
-  monitor = train.OverfitMonitor(config, ds, mesh, s['specs'], str(tmp_path))
+  monitor = monitor_lib.OverfitMonitor(config, ds, mesh, s.specs, str(tmp_path))
   _script_monitor(monkeypatch, [0.5, 0.7])
-  monitor.update(s['state'], 1)
+  monitor.update(s.state, 1)
   monitor.best = -1.0  # as a fresh process after the kill would not know it
-  assert monitor.update(s['state'], 1) == (0.7, False)
+  assert monitor.update(s.state, 1) == (0.7, False)
   assert monitor.ckpt.read_meta()['robust_accuracy'] == 0.7
 
 
@@ -400,12 +402,11 @@ def test_checkpoint_round_trips_the_whole_state(tiny_data_dir, tmp_path):
                                          'method.eps': 0.1,
                                          'method.replays': 2})
   ds, mesh, s = _setup(config)
-  fn = train.make_train_fn(config, s['model'], s['method'], mesh, s['specs'],
-                           'none')
+  fn = steps.make_train_fn(s, mesh, 'none')
   g = parallel.put_local_batch(
       (ds.train_images[None, :64], ds.train_labels[None, :64]), mesh,
       jax.sharding.PartitionSpec(None, 'data'))
-  state, _ = fn(s['state'], *g)
+  state, _ = fn(s.state, *g)
   ck = ckpt_lib.Checkpointer(str(tmp_path / 'ck'))
   ck.save(int(state.step), state, {'note': 'x'})
   ck.wait()

@@ -1,23 +1,43 @@
-"""Training methods, one module each, registered by name.
+"""Training methods, one module each, registered by name: the method contract.
 
 A method module provides
-  validate(config)                      raise ConfigError on bad method keys
-  make_train_step(config, model, axis_name=None)
-      -> train_step(state, batch, rng) -> (state, metrics)
+
+  validate(config)          raise errors.ConfigError naming the first bad key
+  make_train_step(ctx)      -> train_step(state, batch, rngs) -> (state, metrics)
+
 and optionally
-  init_method_state(config, global_batch_shape) -> {'per_example': {...},
-      'shared': {...}}: persistent state; 'per_example' leaves lead with
-      the global batch axis and are sharded over devices like the batch.
-  updates_per_batch(config) -> int: optimizer updates one call of
-      train_step makes (Free's replays); 1 if absent.
-  trains_clean_bn(config) -> bool: whether training makes clean passes,
-      which train the BatchNorm set that evaluation uses; False for methods
-      that train on adversarial inputs only (they cannot use model.dual_bn).
-      True if absent.
-Adding a method is one new module here plus an entry in METHODS; the trainer
-never changes.
+
+  settings(config) -> dict  its resolved keys (defaults filled in), computed
+                            once outside jit; attack specs written
+                            `key=method` (e.g. `pgd(eps=method)`) read them
+  init(ctx, rng) -> Parts   what it needs beside the main network: auxiliary
+                            networks (each a train_state.Network with its own
+                            optimizer: `ctx.network(...)`), frozen networks
+                            (`ctx.load_frozen(workdir)`), method_state
+  eval_metrics(ctx) -> fn(state, batch) -> {name: (sum, count)}
+                            what the trainer evaluates on the test split
+                            (batch has 'image', 'label', 'mask'); default
+                            top-1 accuracy of the main network
+  updates_per_batch(config) -> int   updates one train_step makes (Free: m)
+  trains_clean_bn(config) -> bool    whether training makes clean passes
+                            (False: the method cannot use model.dual_bn)
+
+`ctx` is a build.Context: dataset facts (num_classes, image_shape, mean,
+std), step counts (total_updates, updates_per_epoch), the global batch size,
+the mesh axis name, the main model, the method's settings, and the builders
+`build_model`, `make_optimizer`, `network` and `load_frozen`.
+`batch` = {'image': float (b, H, W, C) in [0, 1], 'label': int (b,)}, the
+local shard under shard_map; `rngs` = StepRngs(device, shared): `device`
+differs per device and step, `shared` is the same on every device (e.g. a
+permutation for shuffled BatchNorm). metrics are (sum, count) pairs over the
+local batch. Adding a method is one module here plus an entry in METHODS;
+the trainer never changes.
 """
+import dataclasses
 import importlib
+from typing import Any, NamedTuple
+
+import jax
 
 METHODS = {
     'standard': 'jaxadv.methods.standard',
@@ -25,6 +45,20 @@ METHODS = {
     'free': 'jaxadv.methods.free',
     'fast': 'jaxadv.methods.fast',
 }
+
+
+class StepRngs(NamedTuple):
+  """Keys of one train step: `device` per device, `shared` on all devices."""
+  device: jax.Array
+  shared: jax.Array
+
+
+@dataclasses.dataclass
+class Parts:
+  """What a method's init adds to the train state."""
+  nets: dict[str, Any] = dataclasses.field(default_factory=dict)
+  frozen: dict[str, Any] = dataclasses.field(default_factory=dict)
+  method_state: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def list_methods():
@@ -39,18 +73,21 @@ def get_method(name):
   return importlib.import_module(METHODS[name])
 
 
+def settings(method, config):
+  fn = getattr(method, 'settings', None)
+  return dict(fn(config)) if fn else {}
+
+
 def updates_per_batch(method, config):
   fn = getattr(method, 'updates_per_batch', None)
   return int(fn(config)) if fn else 1
 
 
-def init_method_state(method, config, global_batch_shape):
-  fn = getattr(method, 'init_method_state', None)
-  state = fn(config, global_batch_shape) if fn else {}
-  return {'per_example': state.get('per_example', {}),
-          'shared': state.get('shared', {})}
-
-
 def trains_clean_bn(method, config):
   fn = getattr(method, 'trains_clean_bn', None)
   return bool(fn(config)) if fn else True
+
+
+def init_parts(method, ctx, rng):
+  fn = getattr(method, 'init', None)
+  return fn(ctx, rng) if fn else Parts()

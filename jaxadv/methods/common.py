@@ -1,14 +1,16 @@
-"""Pieces every training method shares: forward passes, losses, updates.
+"""Pieces every training method shares: forward passes, losses, updates,
+method-key checks.
 
-A method's `train_step(state, batch, rng)` sees a local shard of the batch
-when the trainer runs it under shard_map; `axis_name` (None outside a mesh)
-is where gradients and BatchNorm statistics are averaged.
+A method's `train_step(state, batch, rngs)` sees a local shard of the batch
+when the trainer runs it under shard_map; `ctx.axis_name` (None outside a
+mesh) is where gradients and BatchNorm statistics are averaged.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxadv import attacks
+from jaxadv.errors import ConfigError
 
 
 def cross_entropy(logits, labels):
@@ -17,30 +19,30 @@ def cross_entropy(logits, labels):
       logits.astype(jnp.float32), labels)
 
 
-def forward(state, params, x, *, train, adv=False):
-  """Model pass on pixels x in [0, 1].
+def forward(net, params, x, *, train, adv=False):
+  """Pass of `net` (a train_state.Network, or a TrainState for its main
+  network) on pixels x in [0, 1].
 
   Returns (logits, stat_updates). In train mode BatchNorm normalizes with
   batch statistics and `stat_updates` holds the new running statistics of
   the collection this pass used ('batch_stats', or 'batch_stats_adv' for
   adv=True on a dual-BN model); in eval mode it is {}.
   """
-  variables = state.variables(params)
+  variables = net.variables(params)
   if not train:
-    return state.apply_fn(variables, x, train=False, adv=adv), {}
-  collection = ('batch_stats_adv' if adv and state.batch_stats_adv
+    return net.apply_fn(variables, x, train=False, adv=adv), {}
+  collection = ('batch_stats_adv' if adv and net.batch_stats_adv
                 else 'batch_stats')
   if collection not in variables:  # a model without BatchNorm
-    return state.apply_fn(variables, x, train=True, adv=adv), {}
-  logits, updates = state.apply_fn(variables, x, train=True, adv=adv,
-                                   mutable=[collection])
+    return net.apply_fn(variables, x, train=True, adv=adv), {}
+  logits, updates = net.apply_fn(variables, x, train=True, adv=adv,
+                                 mutable=[collection])
   return logits, dict(updates)
 
 
-def logits_fn(state, params=None, adv=False):
+def logits_fn(net, params=None, adv=False):
   """Inference-mode `x -> logits` closure for attacks (no stat updates)."""
-  variables = state.variables(params)
-  return lambda x: state.apply_fn(variables, x, train=False, adv=adv)
+  return net.logits_fn(params, adv)
 
 
 def pmean(tree, axis_name):
@@ -58,6 +60,13 @@ def apply_update(state, grads, stat_updates, axis_name, **method_updates):
   return state.apply_gradients(grads, **stats, **method_updates)
 
 
+def update_network(net, grads, stat_updates, axis_name):
+  """apply_update for an auxiliary train_state.Network (no step count)."""
+  grads = pmean(grads, axis_name)
+  stats = {k: pmean(v, axis_name) for k, v in stat_updates.items()}
+  return net.apply_gradients(grads, **stats)
+
+
 def summed(values, mask=None):
   """(sum, count) pair of per-example values, exact under averaging."""
   values = values.astype(jnp.float32)
@@ -69,6 +78,13 @@ def summed(values, mask=None):
 
 def correct(logits, labels):
   return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+def accuracy_metrics(state, batch):
+  """The default eval metrics: top-1 accuracy of the main network in
+  inference mode, {'accuracy': (sum, count)} over the unmasked examples."""
+  logits = state.logits_fn()(batch['image'])
+  return {'accuracy': summed(correct(logits, batch['label']), batch['mask'])}
 
 
 # ----------------------------------------------------------------------------
@@ -110,7 +126,7 @@ def adversarial_train_step(state, batch, rng, *, adversarial_examples,
       logits, stats = forward(st, params, x, train=True)
       out['clean_logits'] = logits
       out['clean_loss'] = cross_entropy(logits, y)
-      st = st.replace(**stats)
+      st = st.with_collections(**stats)
     logits, adv_stats = forward(st, params, x_adv, train=True, adv=True)
     loss = (1.0 - clean_weight) * cross_entropy(logits, y)
     if clean_weight > 0:
@@ -134,8 +150,7 @@ def method_value(config, key, default=None):
 
 
 def _error(msg):
-  from jaxadv import validation  # pylint: disable=g-import-not-at-top
-  raise validation.ConfigError(msg)
+  raise ConfigError(msg)
 
 
 def _is_number(v):
@@ -185,17 +200,32 @@ def check_fraction(config, key):
     _error(f'config.method.{key}={v!r} must be in [0, 1]')
 
 
-def attack_then_train_step(adversarial_examples, config, clean_weight,
-                           axis_name):
-  """train_step(state, batch, rng) of a method that crafts inputs with
-  adversarial_examples(state, x, y, rng, config) and trains on them
-  (adversarial_train_step)."""
-  attack = functools.partial(adversarial_examples, config=config)
+def training_attack(name, settings, keys):
+  """The attack a method trains on, built once outside jit from its resolved
+  settings: (AttackSpec, fn(logits_fn, rng, x, y) -> x_adv). The spec is the
+  one evaluation parses, so defaults come from the attack functions."""
+  spec = attacks.AttackSpec(name, tuple((k, settings[k]) for k in keys
+                                        if settings.get(k) is not None))
+  return spec, attacks.make_attack(spec)
 
-  def train_step(state, batch, rng):
+
+def adversarial_examples_fn(attack, bn):
+  """fn(state, x, y, rng) -> x_adv: `attack` (training_attack's fn) against
+  the main network, BatchNorm per `bn` ('train' | 'eval', see
+  attack_logits_fn), on the adversarial BatchNorm set where there is one."""
+  def adversarial_examples(state, x, y, rng):
+    return attack(attack_logits_fn(state, bn=bn, adv=True), rng, x, y)
+  return adversarial_examples
+
+
+def attack_then_train_step(adversarial_examples, settings, axis_name):
+  """train_step(state, batch, rngs) of a method that crafts inputs with
+  adversarial_examples(state, x, y, rng) from the device key, then trains on
+  them (adversarial_train_step with settings['clean_weight'])."""
+  def train_step(state, batch, rngs):
     return adversarial_train_step(
-        state, batch, rng, adversarial_examples=attack,
-        clean_weight=clean_weight, axis_name=axis_name)
+        state, batch, rngs.device, adversarial_examples=adversarial_examples,
+        clean_weight=settings['clean_weight'], axis_name=axis_name)
 
   return train_step
 

@@ -8,7 +8,8 @@ Then one training step on x + delta: two forward/backward passes per step.
 
 Method keys (config.method):
   eps           radius, pixel scale (8/255, 0.3; L2 e.g. 1.0).
-  step_size     alpha (default 1.25 * eps for linf, 1.5 * eps for l2).
+  step_size     alpha (default: FGSM-RS's 1.25 * eps for linf; 1.5 * eps
+                for l2, Goodwin et al.).
   norm          'linf' | 'l2' (default 'linf').
   clean_weight  w in (1 - w) CE(x_adv) + w CE(x) (default 0).
   attack_bn     'train' | 'eval' BatchNorm while crafting (default 'train',
@@ -23,7 +24,8 @@ from jaxadv import attacks
 from jaxadv.methods import common
 
 KEYS = ('eps', 'step_size', 'norm', 'clean_weight', 'attack_bn', 'clip_start')
-DEFAULT_ALPHA = {'linf': 1.25, 'l2': 1.5}  # step_size / eps
+# L2 default step: 1.5 eps (Goodwin et al.); L-inf: the attack's, 1.25 eps.
+L2_ALPHA = 1.5
 
 
 def validate(config):
@@ -44,33 +46,34 @@ def settings(config):
   """Resolved method keys as a dict (defaults filled in)."""
   v = functools.partial(common.method_value, config)
   eps, norm = float(v('eps')), v('norm', 'linf')
+  step_size = v('step_size', L2_ALPHA * eps if norm == 'l2' else None)
   return dict(eps=eps, norm=norm,
-              step_size=float(v('step_size', DEFAULT_ALPHA[norm] * eps)),
+              step_size=None if step_size is None else float(step_size),
               clean_weight=float(v('clean_weight', 0.0)),
               attack_bn=v('attack_bn', 'train'),
               clip_start=bool(v('clip_start', True)))
 
 
-def adversarial_examples(state, x, y, rng, config):
-  """The FGSM-RS inputs the step trains on.
-
-  x: float (b, H, W, C) in [0, 1]; y: int (b,); rng: the step's key.
-  Returns stop_gradient(x_adv), same shape, in [0, 1] and the eps ball of x.
-  """
-  s = settings(config)
-  logits_fn = common.attack_logits_fn(state, bn=s['attack_bn'], adv=True)
-  return attacks.fgsm_rs(logits_fn, rng, x, y, eps=s['eps'],
-                         alpha=s['step_size'], norm=s['norm'],
-                         clip_start=s['clip_start'])
+# The method's step_size is FGSM-RS's alpha.
+ATTACK_KEYS = {'norm': 'norm', 'eps': 'eps', 'alpha': 'step_size',
+               'clip_start': 'clip_start'}
 
 
-def make_train_step(config, model, axis_name=None):
-  """Returns train_step(state, batch, rng) -> (state, metrics).
+def make_adversarial_examples(ctx):
+  """fn(state, x, y, rng) -> the FGSM-RS inputs the step trains on: x float
+  (b, H, W, C) in [0, 1], y int (b,); stop_gradient(x_adv) in [0, 1] and
+  the eps ball of x. The attack is built once, here, outside jit."""
+  s = ctx.settings
+  _, attack = common.training_attack(
+      'fgsm_rs', {k: s[v] for k, v in ATTACK_KEYS.items()}, ATTACK_KEYS)
+  return common.adversarial_examples_fn(attack, s['attack_bn'])
+
+
+def make_train_step(ctx):
+  """Returns train_step(state, batch, rngs) -> (state, metrics).
 
   batch: {'image': float (b, H, W, C) in [0, 1], 'label': int (b,)}.
   metrics: 'loss', 'adv_accuracy' (+ clean 'accuracy' if clean_weight > 0).
   """
-  del model
-  return common.attack_then_train_step(
-      adversarial_examples, config, settings(config)['clean_weight'],
-      axis_name)
+  return common.attack_then_train_step(make_adversarial_examples(ctx),
+                                       ctx.settings, ctx.axis_name)

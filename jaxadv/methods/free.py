@@ -20,6 +20,7 @@ BatchNorm runs in train mode in every replay (each is a training step).
 import jax
 import jax.numpy as jnp
 
+from jaxadv import methods
 from jaxadv.methods import common
 
 KEYS = ('eps', 'replays', 'step_size')
@@ -43,10 +44,18 @@ def trains_clean_bn(config):
   return False
 
 
-def init_method_state(config, global_batch_shape):
-  """delta = 0, float32 (global batch, H, W, C)."""
-  del config
-  return {'per_example': {'delta': jnp.zeros(global_batch_shape, jnp.float32)}}
+def settings(config):
+  """Resolved method keys (step_size defaults to eps)."""
+  eps = float(config.method.eps)
+  return dict(eps=eps, replays=int(config.method.replays),
+              step_size=float(common.method_value(config, 'step_size', eps)))
+
+
+def init(ctx, rng):
+  """delta = 0, float32 (global batch, H, W, C), sharded like the batch."""
+  del rng
+  delta = jnp.zeros((ctx.batch_size,) + ctx.image_shape, jnp.float32)
+  return methods.Parts(method_state={'per_example': {'delta': delta}})
 
 
 def free_replay(state, x, y, *, eps, step_size, axis_name=None):
@@ -76,23 +85,21 @@ def free_replay(state, x, y, *, eps, step_size, axis_name=None):
                  'adv_accuracy': common.summed(common.correct(logits, y))}
 
 
-def make_train_step(config, model, axis_name=None):
-  """Returns train_step(state, batch, rng) -> (state, metrics): m replays,
+def make_train_step(ctx):
+  """Returns train_step(state, batch, rngs) -> (state, metrics): m replays,
   unrolled (m is small; XLA:CPU runs weight-gradient convolutions inside
   loops many times slower, bench/RESULTS.md); metrics are (sum, count) over
-  the m replays of the local batch. rng is unused (delta starts at 0 and
+  the m replays of the local batch. rngs are unused (delta starts at 0 and
   carries over)."""
-  del model
-  eps = float(config.method.eps)
-  step_size = float(common.method_value(config, 'step_size', eps))
-  replays = updates_per_batch(config)
+  s, axis_name = ctx.settings, ctx.axis_name
 
-  def train_step(state, batch, rng):
-    del rng
+  def train_step(state, batch, rngs):
+    del rngs
     x, y = batch['image'], batch['label']
     total = None
-    for _ in range(replays):
-      state, metrics = free_replay(state, x, y, eps=eps, step_size=step_size,
+    for _ in range(s['replays']):
+      state, metrics = free_replay(state, x, y, eps=s['eps'],
+                                   step_size=s['step_size'],
                                    axis_name=axis_name)
       total = metrics if total is None else jax.tree_util.tree_map(
           jnp.add, total, metrics)

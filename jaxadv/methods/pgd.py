@@ -42,35 +42,31 @@ trains_clean_bn = common.clean_weight_trains_clean_bn
 def settings(config):
   """Resolved method keys as a dict (defaults filled in)."""
   v = functools.partial(common.method_value, config)
-  eps, steps = float(v('eps')), int(v('steps'))
-  return dict(eps=eps, steps=steps,
-              step_size=float(v('step_size', 2.5 * eps / steps)),
+  step_size = v('step_size')  # None: the attack's default, 2.5 eps / K
+  return dict(eps=float(v('eps')), steps=int(v('steps')),
+              step_size=None if step_size is None else float(step_size),
               norm=v('norm', 'linf'), random_start=bool(v('random_start', True)),
               clean_weight=float(v('clean_weight', 0.0)),
               attack_bn=v('attack_bn', 'train'))
 
 
-def adversarial_examples(state, x, y, rng, config):
-  """The PGD inputs the step trains on.
-
-  x: float (b, H, W, C) in [0, 1]; y: int (b,); rng: the step's key.
-  Returns stop_gradient(x_adv), same shape, in [0, 1] and the eps ball of x.
-  """
-  s = settings(config)
-  logits_fn = common.attack_logits_fn(state, bn=s['attack_bn'], adv=True)
-  return attacks.pgd(logits_fn, rng, x, y, eps=s['eps'], steps=s['steps'],
-                     step_size=s['step_size'], norm=s['norm'],
-                     random_start=s['random_start'])
+ATTACK_KEYS = ('norm', 'eps', 'steps', 'step_size', 'random_start')
 
 
-def make_train_step(config, model, axis_name=None):
-  """Returns train_step(state, batch, rng) -> (state, metrics).
+def make_adversarial_examples(ctx):
+  """fn(state, x, y, rng) -> the PGD inputs the step trains on: x float
+  (b, H, W, C) in [0, 1], y int (b,); stop_gradient(x_adv) in [0, 1] and
+  the eps ball of x. The attack is built once, here, outside jit."""
+  _, attack = common.training_attack('pgd', ctx.settings, ATTACK_KEYS)
+  return common.adversarial_examples_fn(attack, ctx.settings['attack_bn'])
+
+
+def make_train_step(ctx):
+  """Returns train_step(state, batch, rngs) -> (state, metrics).
 
   batch: {'image': float (b, H, W, C) in [0, 1], 'label': int (b,)}.
   metrics: 'loss', 'adv_accuracy' (+ clean 'accuracy' if clean_weight > 0),
   each (sum, count) over the local batch.
   """
-  del model
-  return common.attack_then_train_step(
-      adversarial_examples, config, settings(config)['clean_weight'],
-      axis_name)
+  return common.attack_then_train_step(make_adversarial_examples(ctx),
+                                       ctx.settings, ctx.axis_name)

@@ -6,19 +6,19 @@ from jaxadv.methods import common
 
 def validate(config):
   """No method keys beyond the name."""
-  del config
+  common.check_method_keys(config, ())
 
 
-def make_train_step(config, model, axis_name=None):
-  """Returns train_step(state, batch, rng) -> (state, metrics).
+def make_train_step(ctx):
+  """Returns train_step(state, batch, rngs) -> (state, metrics).
 
   batch: {'image': float (b, H, W, C) in [0, 1], 'label': int (b,)}.
   metrics: name -> (sum, count) over the local batch.
   """
-  del config, model
+  axis_name = ctx.axis_name
 
-  def train_step(state, batch, rng):
-    del rng
+  def train_step(state, batch, rngs):
+    del rngs
     x, y = batch['image'], batch['label']
 
     def loss_fn(params):
