@@ -134,16 +134,18 @@ def check_workdir(path: str, mode: str) -> str:
 
 # Keys whose change makes the checkpoint unrestorable, or restorable into a
 # different function (the model's activation or normalization): an entry
-# matches the key itself and every key below it. The run layer adds the keys
-# a method declares through `extra_fatal` (e.g. 'batch_size' for a method
-# with per-example state such as Free's delta).
+# matches the key itself and every key below it; '*' matches any one part.
+# The run layer adds the keys a method declares through `extra_fatal` (e.g.
+# 'batch_size' for a method with per-example state such as Free's delta).
 FATAL_KEYS = (
     'model',            # architecture, kwargs, dual_bn, activation, normalize
     'data.name',        # classes, image shape
-    'method.name',      # method_state layout
+    'method.name',      # nets, frozen nets and method_state layout
     'method.aux',       # a method's auxiliary networks (their params, optim)
     'method.networks',
     'optim.name',       # opt_state layout (sgd trace vs adam moments)
+    'optim.groups.*.pattern',  # which parameters each group's state covers
+    'optim.groups.*.frozen',   # set_to_zero (no state) vs the optimizer's
 )
 # Keys whose change alters opt_state's structure only when they switch
 # between zero (absent from the optax chain) and positive; see jaxadv.optim.
@@ -163,7 +165,14 @@ _ABSENT = '(absent)'
 
 
 def _matches(key: str, entries: Iterable[str]) -> bool:
-  return any(key == e or key.startswith(e + '.') for e in entries)
+  """Whether dotted `key` is an entry or lies below one ('*': any part)."""
+  parts = key.split('.')
+  for entry in entries:
+    want = entry.split('.')
+    if len(want) <= len(parts) and all(
+        w in ('*', p) for w, p in zip(want, parts)):
+      return True
+  return False
 
 
 def _jsonable(value: Any) -> Any:

@@ -173,6 +173,21 @@ def test_risky_changes(key, value):
   assert fatal == [] and risky == [key]
 
 
+def test_parameter_groups():
+  saved = _config(**{'optim.groups': {
+      'bn': {'pattern': 'BatchNorm', 'weight_decay': 0.0, 'lr_scale': 1.0}}})
+  for key, value, fatal in (('pattern', 'bias', True), ('frozen', True, True),
+                            ('lr_scale', 0.5, False),
+                            ('weight_decay', 1e-4, False)):
+    new = _config(**{'optim.groups': {'bn': {**saved['optim']['groups']['bn'],
+                                             key: value}}})
+    expected = [f'optim.groups.bn.{key}']
+    assert rundir.compare_configs(saved, new) == (
+        (expected, []) if fatal else ([], expected))
+  fatal, _ = rundir.compare_configs(saved, _config())  # group removed
+  assert fatal == ['optim.groups.bn.pattern']
+
+
 def test_grad_clip_is_fatal_only_when_switched_on_or_off():
   clip1, clip2 = _config(**{'optim.grad_clip': 1.0}), _config(
       **{'optim.grad_clip': 2.0})
