@@ -410,7 +410,7 @@ def test_checkpoint_round_trips_the_whole_state(tiny_data_dir, tmp_path):
   ck = ckpt_lib.Checkpointer(str(tmp_path / 'ck'))
   ck.save(int(state.step), state, {'note': 'x'})
   ck.wait()
-  template = _setup(config)[2]['state']
+  template = _setup(config)[2].state
   restored, meta = ck.restore(template)
   ck.close()
   assert meta == {'note': 'x'} and int(restored.step) == 2
