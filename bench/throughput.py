@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxadv import build  # pylint: disable=g-import-not-at-top
 from jaxadv import data
 from jaxadv import parallel
-from jaxadv import steps
+from jaxadv import steps as steps_lib
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config.',
                                 lock_config=False)
@@ -124,8 +124,8 @@ def time_method(config, ds, mesh, steps):
   s = build.setup(config, ds, mesh)
   kind = ds.augment if config.data.augment == 'auto' else config.data.augment
   on_device = data.feed_on_device(config.data.get('feed', 'auto'), ds)
-  fn = steps.make_train_fn(s, mesh, kind, on_device=on_device)
-  spc = steps.steps_per_call(config)
+  fn = steps_lib.make_train_fn(s, mesh, kind, on_device=on_device)
+  spc = steps_lib.steps_per_call(config)
   b = config.batch_size
   batch = P(None, parallel.AXIS)
   if on_device:
@@ -169,7 +169,7 @@ def main(argv):
   if FLAGS.batch_size:
     base.batch_size = FLAGS.batch_size
   mesh = parallel.make_mesh()
-  base.steps_per_call = steps.steps_per_call(base)
+  base.steps_per_call = steps_lib.steps_per_call(base)
   ds = fake_dataset(base, base.batch_size * base.steps_per_call)
   rows = {}
   for name in FLAGS.methods.split(','):

@@ -37,9 +37,9 @@ def get_config():
   c.dtype = 'bfloat16'
   c.log_every = 100
   c.eval_every = 5
-  c.monitor.attack = 'pgd(norm=linf, eps=8/255, steps=10, step_size=2/255)'
+  c.monitor.attack = 'pgd(norm=linf, eps=method, steps=10, step_size=2/255)'
   c.monitor.max_drop = 0.2
-  c.eval.attacks = ('pgd(norm=linf, eps=8/255, steps=50, step_size=2/255, '
+  c.eval.attacks = ('pgd(norm=linf, eps=method, steps=50, step_size=2/255, '
                     'restarts=10)',)
   c.eval.at_end = True
   return c

@@ -28,6 +28,6 @@ def get_config():
   c.method = ml_collections.ConfigDict(dict(
       name='fast', eps=EPS, step_size=1.5 * EPS, norm='l2',
       clean_weight=0.0, attack_bn='train'))
-  c.monitor.attack = 'pgd(norm=l2, eps=1, steps=10)'
-  c.eval.attacks = ('pgd(norm=l2, eps=1, steps=20, restarts=10)',)
+  c.monitor.attack = 'pgd(norm=l2, eps=method, steps=10)'
+  c.eval.attacks = ('pgd(norm=l2, eps=method, steps=20, restarts=10)',)
   return c

@@ -37,9 +37,9 @@ def get_config():
   c.log_every = 100
   c.eval_every = 2
   # Catastrophic-overfitting guard (Wong et al.'s early stopping).
-  c.monitor.attack = 'pgd(norm=linf, eps=0.3, steps=10, step_size=0.05)'
+  c.monitor.attack = 'pgd(norm=linf, eps=method, steps=10, step_size=0.05)'
   c.monitor.max_drop = 0.2
-  c.eval.attacks = ('pgd(norm=linf, eps=0.3, steps=50, step_size=0.01, '
+  c.eval.attacks = ('pgd(norm=linf, eps=method, steps=50, step_size=0.01, '
                     'restarts=10)',)
   c.eval.at_end = True
   return c

@@ -27,8 +27,10 @@ def get_config():
   c.log_every = 50
   c.monitor.attack = ''  # one epoch: nothing to stop early
   c.method.eps = 0.1
-  c.method.step_size = 0.125
-  c.eval.attacks = ('fgsm(eps=0.1)', 'pgd(norm=linf, eps=0.1, steps=20)')
+  del c.method.step_size  # alpha = FGSM-RS's default 1.25 eps (0.125)
+  # eps=method: the training eps, so --config.method.eps=... moves training,
+  # the monitor (when on) and these attacks together.
+  c.eval.attacks = ('fgsm(eps=method)', 'pgd(norm=linf, eps=method, steps=20)')
   c.eval.num_examples = 1000
   c.eval.at_end = True
   return c

@@ -38,7 +38,7 @@ def get_config():
   c.log_every = 100
   c.eval_every = 16
   c.checkpoint_every = 16
-  c.eval.attacks = ('pgd(norm=linf, eps=0.3, steps=100, step_size=0.01, '
+  c.eval.attacks = ('pgd(norm=linf, eps=method, steps=100, step_size=0.01, '
                     'restarts=10)',)
   c.eval.at_end = True
   return c

@@ -18,14 +18,14 @@ from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import evaluate
 from jaxadv import parallel
-from jaxadv import steps
+from jaxadv import steps as steps_lib
 from jaxadv import train
 
 
 def run_steps(config, ds, devices, steps=3):
   mesh = parallel.make_mesh(devices)
   s = build.setup(config, ds, mesh)
-  fn = steps.make_train_fn(s, mesh, 'none')
+  fn = steps_lib.make_train_fn(s, mesh, 'none')
   state = s.state
   b = config.batch_size
   for i in range(steps):
