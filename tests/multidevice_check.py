@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # pylint: disable=g-import-not-at-top
 from jax.sharding import PartitionSpec as P
+import ml_collections
 import numpy as np
 
 from conftest import tiny_config  # pylint: disable=g-import-not-at-top
@@ -38,7 +39,8 @@ def run_steps(config, ds, devices, steps=3):
 
 def max_abs_diff(a, b):
   """Largest |difference| over params and BatchNorm statistics."""
-  leaves = lambda s: jax.tree_util.tree_leaves((s.params, s.batch_stats))
+  leaves = lambda s: jax.tree_util.tree_leaves(
+      {k: (n.params, n.collections) for k, n in s.nets.items()})
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(leaves(a), leaves(b)))
 
@@ -46,7 +48,7 @@ def max_abs_diff(a, b):
 def main(workdir, data_dir):
   out = {'devices': jax.device_count()}
   diffs, updates = {}, {}
-  for method in ('standard', 'free'):
+  for method in ('standard', 'free', 'great'):
     # SGD: Adam's normalized update would amplify float rounding differences.
     config = tiny_config(data_dir, **{'model.name': 'cnn5', 'batch_size': 64,
                                       'method.name': method,
@@ -54,6 +56,11 @@ def main(workdir, data_dir):
     if method == 'free':
       config.method.eps = 0.1
       config.method.replays = 2
+    if method == 'great':  # double backprop through synchronized BatchNorm
+      config.method.variant = 'both'
+      config.method.alpha_max = 1.0
+      config.method.aux_optim = ml_collections.ConfigDict(
+          dict(name='sgd', lr=0.05, schedule='constant'))
     ds = build.load_data(config)
     # Free: one call (2 replays). Later calls take sign() of input gradients
     # that differ by float rounding (XLA:CPU sums convolutions in loops in a
@@ -61,8 +68,7 @@ def main(workdir, data_dir):
     steps = 3 if method == 'standard' else 1
     s8, m8, mesh8, specs8 = run_steps(config, ds, jax.devices(), steps)
     s1, m1, _, _ = run_steps(config, ds, jax.devices()[:1], steps)
-    s0 = build.setup(config, ds, parallel.make_mesh(jax.devices()[:1]))[
-        'state']
+    s0 = build.setup(config, ds, parallel.make_mesh(jax.devices()[:1])).state
     diffs[method] = max_abs_diff(s8, s1)
     updates[method] = max_abs_diff(s1, s0)  # how far the steps moved
     if method == 'free':

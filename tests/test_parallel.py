@@ -26,7 +26,7 @@ def test_eight_devices_present(result):
   assert result['devices'] == 8
 
 
-@pytest.mark.parametrize('method', ['standard', 'free'])
+@pytest.mark.parametrize('method', ['standard', 'free', 'great'])
 def test_eight_device_step_equals_one_device_step(result, method):
   # Same global batch, fp32, synchronized BatchNorm (cnn5 has BN); for Free
   # the carried perturbation is sharded over devices and must match too.

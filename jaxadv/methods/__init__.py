@@ -44,6 +44,7 @@ METHODS = {
     'pgd': 'jaxadv.methods.pgd',
     'free': 'jaxadv.methods.free',
     'fast': 'jaxadv.methods.fast',
+    'great': 'jaxadv.methods.great',
 }
 
 

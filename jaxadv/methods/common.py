@@ -187,6 +187,13 @@ def check_positive(config, key, integer=False, required=False):
            f'{"integer" if integer else "number"}')
 
 
+def check_nonnegative(config, key):
+  """config.method[key] a number >= 0 (absent/None is allowed)."""
+  v = method_value(config, key)
+  if v is not None and (not _is_number(v) or v < 0):
+    _error(f'config.method.{key}={v!r} must be a number >= 0')
+
+
 def check_choice(config, key, choices, default):
   v = method_value(config, key, default)
   if v not in choices:
