@@ -7,6 +7,13 @@ from jaxadv import attacks
 SINGLE_STEP = ('fgsm', 'fgsm_rs')
 MULTI_STEP = ('ifgsm', 'bim', 'pgd', 'cw', 'apgd', 'apgd_ce', 'apgd_dlr',
               'apgd_t')
+GRADIENT = SINGLE_STEP + MULTI_STEP
+# Attacks that do not follow the gradient (score-based Square) or that seek
+# minimal perturbations by linearising the boundary (FAB): when they beat
+# every gradient attack by a margin, the gradients are masked (Croce & Hein
+# 2020; RobustBench's AutoAttack).
+NON_GRADIENT = ('square', 'fab', 'fab_t')
+MASKING_MARGIN = 0.02  # 2 points of accuracy
 
 
 def _pct(r):
@@ -38,7 +45,11 @@ def sanity_flags(records):
        rule leave a higher accuracy;
     3. a black-box (transfer) attack on a model leaves a lower accuracy than
        the same attack run white-box on that model (off-diagonal < diagonal);
-    4. a larger eps of the same attack settings leaves a higher accuracy.
+    4. a larger eps of the same attack settings leaves a higher accuracy;
+    5. a gradient-free or minimal-perturbation attack (square, fab, fab_t)
+       leaves an accuracy more than 2 points (and more than one example)
+       below the best (lowest-accuracy) gradient attack of the same model,
+       norm and eps: "gradient masking suspected".
   Untargeted comparisons (1) skip attacks with a target rule (random/worst).
   """
   warnings = []
@@ -65,8 +76,9 @@ def sanity_flags(records):
     for b in wb:
       if a is b or a.get('attack') == 'clean' or not same(a, b, family):
         continue
-      more = (b.get('steps', 0) >= a.get('steps', 0) and
-              b.get('restarts', 1) >= a.get('restarts', 1) and
+      # Ensembles (autoattack) have no steps or restarts: None counts as 0.
+      more = ((b.get('steps') or 0) >= (a.get('steps') or 0) and
+              (b.get('restarts') or 1) >= (a.get('restarts') or 1) and
               (b.get('steps'), b.get('restarts')) != (a.get('steps'),
                                                      a.get('restarts')))
       if more and b['accuracy'] > a['accuracy'] + _slack(a, b):
@@ -101,4 +113,26 @@ def sanity_flags(records):
             f'{b["name"]} ({_pct(b)}) leaves a higher accuracy than the '
             f'smaller-eps {a["name"]} ({_pct(a)}){_model_note(a)}: accuracy '
             'should not rise with eps (gradient masking?)')
+  warnings.extend(_masking_flags(wb))
+  return warnings
+
+
+def _masking_flags(records):
+  """Rule 5: a non-gradient attack far below the best gradient attack."""
+  warnings = []
+  for a in records:
+    if a.get('attack') not in NON_GRADIENT:
+      continue
+    rivals = [b for b in records if b.get('attack') in GRADIENT and all(
+        b.get(k) == a.get(k) for k in ('model', 'norm', 'eps'))]
+    if not rivals:
+      continue
+    best = min(rivals, key=lambda b: b['accuracy'])
+    if a['accuracy'] < best['accuracy'] - max(MASKING_MARGIN,
+                                              _slack(a, best)):
+      warnings.append(
+          f'{a["name"]} ({_pct(a)}) leaves a lower accuracy than the best '
+          f'gradient attack {best["name"]} ({_pct(best)}){_model_note(a)} at '
+          f'{a["norm"]} eps={a["eps"]:.4g}: gradient masking suspected (the '
+          'gradient attacks are failing; trust the lower number)')
   return warnings

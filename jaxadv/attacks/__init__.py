@@ -24,6 +24,10 @@ calling the same attack with that key and restarts=1 reproduces restart r (see `
 Per example, the first restart that succeeds is kept (untargeted: misclassified; targeted:
 predicted as the target), else the one with the highest loss at its returned point.
 
+Beyond gradients: `square` (score-based, forward passes only), `fab` / `fab_t` (minimal
+perturbations; `fab_minimal` returns them unbounded) and the AutoAttack ensemble
+(`autoattack.components`, `autoattack_batch`), which see through gradient masking.
+
 `parse_attack` / `make_attack` turn evaluation specs such as
 `pgd(norm=linf, eps=8/255, steps=50, restarts=10)` into attack functions; see `parse_attack`.
 """
@@ -45,6 +49,8 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 Attack = Callable[..., jax.Array]
 
 from jaxadv.attacks.apgd import apgd, apgd_ce, apgd_checkpoints, apgd_dlr, apgd_t
+from jaxadv.attacks.autoattack import autoattack_batch
+from jaxadv.attacks.fab import fab, fab_minimal, fab_t, fab_t_minimal
 from jaxadv.attacks.losses import (LOSSES, cross_entropy, cw_margin, cw_margin_targeted, dlr,
                                    dlr_targeted, random_target, worst_target)
 from jaxadv.attacks.pgd import (RESTART_BATCHING, bim, clean, cw, fgsm, fgsm_rs, ifgsm, pgd,
@@ -53,3 +59,4 @@ from jaxadv.attacks.projections import (NORMS, LogitsFn, project_l2, project_lin
                                         random_init_l2, random_init_linf)
 from jaxadv.attacks.specs import (ATTACKS, TARGETS, Attack, AttackSpec, make_attack,
                                   parse_attack)
+from jaxadv.attacks.square import square, square_fraction, square_sizes

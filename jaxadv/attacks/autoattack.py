@@ -52,9 +52,11 @@ def components(eps, norm: str = 'linf', version: str = 'standard') -> list[Compo
   """The AutoAttack sequence at (eps, norm), in the order the reference runs it.
 
   eps is in pixel scale (an int, float or fractions.Fraction such as 8/255 from a parsed
-  spec, kept as given so the components' names read eps=8/255). Each component is an attack with the same contract as every attack here: it
-  returns points in the eps ball, and an example counts as broken when the model misclassifies
-  the returned point.
+  spec, kept as given so the components' names read eps=8/255). Each component is an attack
+  with the same contract as every attack here: it returns points in the eps ball, and an
+  example counts as broken when the model misclassifies the returned point. A runner records
+  each component under its display name and the robust accuracy after it; the final robust
+  accuracy is the one after the last component.
   """
   from jaxadv.attacks.specs import AttackSpec  # pylint: disable=g-import-not-at-top (cycle)
   if norm not in NORMS:

@@ -13,10 +13,13 @@ import jax
 from jax import lax
 
 from jaxadv.attacks.apgd import apgd, apgd_ce, apgd_dlr, apgd_step_size, apgd_t
+from jaxadv.attacks.autoattack import autoattack_batch
+from jaxadv.attacks.fab import fab, fab_t
 from jaxadv.attacks.losses import LOSSES, random_target, worst_target
 from jaxadv.attacks.pgd import (RESTART_BATCHING, bim, clean, cw, fgsm, fgsm_rs, fgsm_rs_step_size,
                                 ifgsm, ifgsm_step_size, pgd, pgd_step_size)
 from jaxadv.attacks.projections import NORMS, LogitsFn
+from jaxadv.attacks.square import square
 
 Attack = Callable[..., jax.Array]
 
@@ -32,17 +35,24 @@ ATTACKS: dict[str, Attack] = {
     'apgd_ce': apgd_ce,
     'apgd_dlr': apgd_dlr,
     'apgd_t': apgd_t,
+    'square': square,
+    'fab': fab,
+    'fab_t': fab_t,
+    'autoattack': autoattack_batch,
 }
+# Attacks without a per-step move (describe() gives step_size None).
+_NO_STEP_SIZE = ('square', 'fab', 'fab_t', 'autoattack')
 
 TARGETS = ('random', 'worst')
 # Canonical order of spec keys in str(spec).
-_KEY_ORDER = ('norm', 'eps', 'steps', 'step_size', 'alpha', 'restarts', 'random_start',
-              'clip_start', 'loss', 'target', 'rho', 'num_target_classes', 'restart_batching')
-_BOOLEANS = ('random_start', 'clip_start')
+_KEY_ORDER = ('norm', 'eps', 'steps', 'queries', 'step_size', 'alpha', 'restarts',
+              'random_start', 'clip_start', 'loss', 'target', 'rho', 'num_target_classes',
+              'p_init', 'rescale_schedule', 'restart_batching')
+_BOOLEANS = ('random_start', 'clip_start', 'rescale_schedule')
 _CHOICES = {'norm': NORMS, 'loss': LOSSES, 'target': TARGETS,
             'random_start': ('true', 'false'), 'clip_start': ('true', 'false'),
-            'restart_batching': RESTART_BATCHING}
-_POSITIVE_INTS = ('steps', 'restarts', 'num_target_classes')
+            'rescale_schedule': ('true', 'false'), 'restart_batching': RESTART_BATCHING}
+_POSITIVE_INTS = ('steps', 'queries', 'restarts', 'num_target_classes')
 Value = Any  # int | float | fractions.Fraction | bool | str
 
 
@@ -71,7 +81,8 @@ def _check_value(name: str, key: str, value: Value) -> Value:
     raise ValueError(f'eps must be >= 0, got {value}')
   if key in ('step_size', 'alpha') and value <= 0:
     raise ValueError(f'{key} must be > 0, got {value}')
-  if (key == 'rho' or (key == 'alpha' and name.startswith('apgd'))) and not 0 < value <= 1:
+  if (key in ('rho', 'p_init') or (key == 'alpha' and name.startswith('apgd'))) and not (
+      0 < value <= 1):
     raise ValueError(f'{key} must be in (0, 1], got {value}')
   return value
 
@@ -86,9 +97,11 @@ def _format_value(value: Value) -> str:
   return str(value)
 
 
-def _step_size(name: str, kw: dict[str, Any], eps: float, steps: int) -> float:
+def _step_size(name: str, kw: dict[str, Any], eps: float, steps: int) -> float | None:
   """The per-step move an attack takes with keyword arguments `kw` (defaults from the attack
   modules' step-size rules)."""
+  if name in _NO_STEP_SIZE:
+    return None
   if name == 'fgsm':
     return eps
   if name == 'fgsm_rs':
@@ -153,9 +166,13 @@ class AttackSpec:
     """Resolved settings: attack, norm, eps, steps, step_size, restarts, loss, target,
     random_start.
 
-    step_size is the per-step move (for APGD the initial 2 * eps); for apgd_t, loss is
-    'dlr_targeted' and target 'top<T>' (T target classes, capped at C - 1 when run).
-    random_start is the attack's random_start key (None for attacks without one).
+    step_size is the per-step move (for APGD the initial 2 * eps; None for square, fab,
+    fab_t and autoattack); for apgd_t, loss is 'dlr_targeted' and target 'top<T>' (T target
+    classes, capped at C - 1 when run), as fab_t's target. For square, steps is the number of
+    queries and loss the objective it maximises ('cw', the margin, untargeted; 'ce' with a
+    target rule, unless given). autoattack, an ensemble, has steps, step_size, restarts,
+    loss and target None. random_start is the attack's random_start key (None for attacks
+    without one).
     """
     if self.name == 'clean':
       return dict(attack='clean', norm=None, eps=0.0, steps=0, step_size=0.0, restarts=0,
@@ -165,13 +182,21 @@ class AttackSpec:
           if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty}
     kw.update(self.kwargs)
     eps = float(kw['eps'])
+    if self.name == 'autoattack':
+      return dict(attack='autoattack', norm=kw['norm'], eps=eps, steps=None, step_size=None,
+                  restarts=None, loss=None, target=None, random_start=None)
+    if self.name == 'square':
+      kw['steps'] = kw['queries']
+      kw['loss'] = kw['loss'] or ('cw' if kw.get('target') is None else 'ce')
     steps = kw.get('steps', 1)
     step_size = _step_size(self.name, kw, eps, steps)
+    step_size = None if step_size is None else float(step_size)
     loss = {'cw': 'cw', 'apgd_ce': 'ce', 'apgd_dlr': 'dlr', 'apgd_t': 'dlr_targeted'}.get(
         self.name, kw.get('loss'))
-    target = f'top{kw["num_target_classes"]}' if self.name == 'apgd_t' else kw.get('target')
+    target = (f'top{kw["num_target_classes"]}' if self.name in ('apgd_t', 'fab_t')
+              else kw.get('target'))
     return dict(attack=self.name, norm=kw.get('norm', 'linf'), eps=eps, steps=int(steps),
-                step_size=float(step_size), restarts=int(kw.get('restarts', 1)), loss=loss,
+                step_size=step_size, restarts=int(kw.get('restarts', 1)), loss=loss,
                 target=target, random_start=kw.get('random_start'))
 
 
@@ -221,7 +246,8 @@ def parse_attack(spec: str, method: Mapping[str, Any] | None = None) -> AttackSp
 
   Examples: 'pgd(norm=linf, eps=8/255, steps=50, restarts=10)', 'fgsm(eps=0.3)',
   'apgd_ce(eps=0.3, steps=100)', 'apgd_t(eps=8/255)', 'cw(eps=8/255, steps=100)',
-  'pgd(eps=0.3, steps=40, target=worst)', 'clean'.
+  'pgd(eps=0.3, steps=40, target=worst)', 'square(eps=8/255, queries=5000)',
+  'fab_t(norm=l2, eps=0.5)', 'autoattack(eps=8/255, norm=linf)', 'clean'.
 
   `key=method` takes the training method's resolved value of that key from `method` (e.g.
   `pgd(eps=method, steps=20)` attacks at config.method.eps), so one override of the training eps
@@ -257,6 +283,10 @@ def make_attack(spec: AttackSpec | str,
 
   target=worst uses worst_target(logits_fn(x), y); target=random draws with the first half of
   jax.random.split(rng) and attacks with the second.
+
+  For 'autoattack' this is `autoattack_batch`: every component on the whole batch. The
+  evaluation runner instead runs `autoattack.spec_components(spec)` one after another on the
+  points still robust.
   """
   spec = parse_attack(spec, method) if isinstance(spec, str) else spec
   attack = ATTACKS[spec.name]
