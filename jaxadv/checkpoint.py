@@ -7,6 +7,7 @@ record. Restoring takes the shardings of a template state, so a checkpoint
 written on one device count restores onto another.
 """
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -68,6 +69,43 @@ class Checkpointer:
   def wait(self):
     self._mgr.wait_until_finished()
 
+  def reload(self):
+    """Re-reads the steps on disk (after a checkpoint was moved away)."""
+    self._mgr.reload()
+
   def close(self):
     self._mgr.wait_until_finished()
     self._mgr.close()
+
+
+def short_reason(exc):
+  """The first line of an exception's message, shortened (orbax and
+  tensorstore errors run to pages)."""
+  text = str(exc).strip().splitlines()
+  text = text[0] if text else type(exc).__name__
+  return f'{type(exc).__name__}: {text[:200]}'
+
+
+def set_aside(ckpt, step, dest):
+  """Moves checkpoint `step` of `ckpt` (a damaged one) into folder `dest`;
+  returns its new path. The manager forgets the step."""
+  os.makedirs(dest, exist_ok=True)
+  src = os.path.join(ckpt.directory, str(step))
+  target = os.path.join(dest, str(step))
+  n = 1
+  while os.path.exists(target):
+    target = os.path.join(dest, f'{step}.{n}')
+    n += 1
+  os.replace(src, target)
+  ckpt.reload()
+  return target
+
+
+def remove_partial_saves(directory):
+  """Deletes orbax's temporary folders of saves that never finished (e.g.
+  on a full disk), so the last complete checkpoint stays the latest."""
+  if not os.path.isdir(directory):
+    return
+  for name in os.listdir(directory):
+    if 'orbax-checkpoint-tmp' in name:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)

@@ -10,29 +10,55 @@ from jaxadv import validation
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERRUPTED = 2, 3, 130
 
 
+def _cell(v):
+  if v is None or (isinstance(v, float) and v != v):
+    return '-'
+  if isinstance(v, float):
+    return f'{v:.4f}' if abs(v) < 10 else f'{v:.1f}'
+  return str(v)
+
+
 def format_table(rows):
-  """Markdown table from a list of (name, value) pairs."""
-  width = max(len(k) for k, _ in rows)
-  lines = [f'| {"":{width}} | value |', f'|{"-" * (width + 2)}|-------|']
-  for k, v in rows:
-    if isinstance(v, float):
-      v = f'{v:.4f}' if abs(v) < 10 else f'{v:.1f}'
-    lines.append(f'| {k:{width}} | {v} |')
+  """Markdown table from (name, value) or (name, value, examples) rows."""
+  rows = [tuple(r) + ('',) * (3 - len(r)) for r in rows]
+  width = max(len(k) for k, _, _ in rows)
+  lines = [f'| {"":{width}} | value | examples |',
+           f'|{"-" * (width + 2)}|-------|----------|']
+  for k, v, n in rows:
+    lines.append(f'| {k:{width}} | {_cell(v)} | {_cell(n) if n else ""} |')
   return '\n'.join(lines)
 
 
+def pct(v):
+  return None if v is None else f'{100 * v:.2f}%'
+
+
 def summary_rows(results):
+  epochs = results['epochs_done']
   rows = [('dataset', results['dataset']), ('model', results['model']),
           ('method', results['method']), ('status', results['status']),
-          ('epochs', results['epochs_done']), ('steps', results['steps']),
+          ('epochs', f'{epochs:g}'), ('steps', results['steps']),
           ('device', f"{results['num_devices']} x {results['device_kind']}"),
           ('wall time (s)', results['wall_time_s']),
-          ('train images/s', results['images_per_s'])]
+          ('train images/s', results.get('images_per_s'))]
   if 'test_accuracy' in results:
-    rows.append(('clean test accuracy', results['test_accuracy']))
+    rows.append(('clean test accuracy', pct(results['test_accuracy']),
+                 results.get('num_test_examples')))
   for rec in results.get('robust', []):
-    rows.append((rec['name'], rec['accuracy']))
+    rows.append((rec['name'], pct(rec['accuracy']), rec['num_examples']))
   return rows
+
+
+def _interrupted_message(workdir):
+  """What is true of the workdir after a Ctrl-C outside the loop."""
+  from jaxadv import build  # pylint: disable=g-import-not-at-top
+  try:
+    step_dir = build.latest_step_dir(workdir)
+  except (FileNotFoundError, OSError):
+    return ('interrupted before anything was saved: no checkpoint in '
+            f'{workdir}; rerun the same command to start again')
+  return (f'interrupted; the newest checkpoint ({step_dir}) is kept: rerun '
+          'the same command to resume, or --mode eval')
 
 
 def run(config, workdir, mode):
@@ -51,11 +77,13 @@ def run(config, workdir, mode):
       return 0
     out = eval_run.evaluate_checkpoint(config, workdir)
     rows = [('checkpoint step', out['step']),
-            ('examples', out['num_examples']),
-            ('clean test accuracy', out['test_accuracy'])]
+            ('clean test accuracy', pct(out['test_accuracy']),
+             out['num_examples'])]
     print(format_table(rows))
     if out.get('table'):
-      print(out['table'])
+      print(out['table'], flush=True)
+      for path in eval_run.write_reports(out, workdir):
+        print(f'wrote {path}')
     return 0
   except (validation.ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
@@ -63,8 +91,6 @@ def run(config, workdir, mode):
   except train.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_NONFINITE
-  except KeyboardInterrupt:  # outside the training loop (final evaluation)
-    print('interrupted outside training (evaluation); the trained state is '
-          'checkpointed: rerun the same command, or --mode eval',
-          file=sys.stderr)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one outside the loop
+    print(_interrupted_message(workdir), file=sys.stderr)
     return EXIT_INTERRUPTED

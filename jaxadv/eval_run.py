@@ -1,5 +1,7 @@
 """--mode eval: restore a run's newest checkpoint and evaluate it (clean
-accuracy and config.eval.attacks, with reports in the workdir)."""
+accuracy and config.eval.attacks); the caller prints the table, then
+write_reports saves it in the workdir under a name of its settings."""
+import json
 import os
 
 import jax
@@ -8,7 +10,9 @@ from jaxadv import build
 from jaxadv import evaluate
 from jaxadv import methods as methods_lib
 from jaxadv import reports
+from jaxadv import rundir
 from jaxadv import runs
+from jaxadv import sanity
 from jaxadv import validation
 
 
@@ -22,6 +26,7 @@ def evaluate_checkpoint(config, workdir):
   """
   if config.distributed:
     jax.distributed.initialize()
+  workdir = rundir.check_workdir(workdir, 'eval')  # before any compute
   if os.path.isfile(os.path.join(workdir, 'config.json')):
     run_config = build.load_config(workdir)
     run_config.eval = config.eval
@@ -45,5 +50,26 @@ def evaluate_checkpoint(config, workdir):
         num_examples=config.eval.num_examples, seed=config.eval.seed,
         dtype=out['eval_dtype'],
         method_settings=methods_lib.settings(method, config))
-    out['table'] = reports.write_report(out['robust'], workdir)
+    out['warnings'] = sanity.sanity_flags(out['robust'])
+    out['table'] = (reports.markdown_table(out['robust']) + '\n\n' +
+                    reports.warnings_markdown(out['warnings']))
+    out['report_name'] = rundir.report_name(
+        [r['name'] for r in out['robust']], config.eval.num_examples,
+        config.eval.seed, dtype=out['eval_dtype'])
   return out
+
+
+def write_reports(out, workdir):
+  """Writes <workdir>/<report_name>.json and .md for evaluate_checkpoint's
+  result (named by its settings, so evaluations with other settings keep
+  their own files); returns the paths written."""
+  if not out.get('robust'):
+    return []
+  base = os.path.join(workdir, out['report_name'])
+  payload = {'step': out['step'], 'test_accuracy': out['test_accuracy'],
+             'num_examples': out['num_examples'], 'records': out['robust'],
+             'warnings': out['warnings']}
+  if jax.process_index() == 0:
+    rundir.write_atomic(base + '.json', json.dumps(payload, indent=2) + '\n')
+    rundir.write_atomic(base + '.md', out['table'] + '\n')
+  return [base + '.json', base + '.md']

@@ -232,12 +232,49 @@ def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
   records = []
   for spec_text in attack_specs:
     spec = attacks.parse_attack(spec_text, method_settings)
+    if spec.name == 'autoattack':
+      records += run_autoattack(state, images, labels, spec, mesh=mesh,
+                                specs=specs, batch_size=batch_size, seed=seed,
+                                **extra)
+      continue
     fn = None if spec.name == 'clean' else attacks.make_attack(spec)
     t0 = time.time()
     acc, n = accuracy(state, images, labels, mesh=mesh, specs=specs,
                       batch_size=batch_size, attack=fn, seed=seed)
     records.append(record(spec, acc, n, seed, time.time() - t0, **extra))
   return records
+
+
+def run_autoattack(state, images, labels, spec, *, mesh, specs, batch_size,
+                   seed=0, **extra):
+  """AutoAttack as its reference runs it: each component (APGD-CE, APGD-T,
+  FAB-T, Square for 'standard') attacks only the points still robust after
+  the ones before it (the batch is compacted on the host in between), and
+  an example is robust only if the clean input and every component's point
+  are classified correctly.
+
+  Returns one record per component (accuracy = robust accuracy after it,
+  over all examples; 'component_of' names the ensemble) and the final
+  record of `spec` with 'components' {name: accuracy}.
+  """
+  t_start, n = time.time(), len(labels)
+  keep = np.flatnonzero(robust_flags(state, images, labels, attacks.clean,
+                                     mesh=mesh, specs=specs,
+                                     batch_size=batch_size, seed=seed))
+  out, after = [], {}
+  for i, comp in enumerate(attacks.specs.autoattack_spec_components(spec)):
+    t0 = time.time()
+    if keep.size:
+      ok = robust_flags(state, images[keep], labels[keep],
+                        attacks.make_attack(comp.spec), mesh=mesh,
+                        specs=specs, batch_size=batch_size, seed=seed + 1 + i)
+      keep = keep[ok]
+    after[comp.name] = keep.size / max(n, 1)
+    out.append(record(comp.spec, after[comp.name], n, seed, time.time() - t0,
+                      component_of=str(spec), **extra))
+  out.append(record(spec, keep.size / max(n, 1), n, seed,
+                    time.time() - t_start, components=after, **extra))
+  return out
 
 
 # ----------------------------------------------------------------------------

@@ -3,12 +3,14 @@ dataset, for evaluation, sweeps, transfer matrices and studies.
 
 Imports the construction layer (build) and checkpoints, never the trainer.
 """
-from typing import Any, NamedTuple
 import os
+import sys
+from typing import Any, NamedTuple
 
 from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import parallel
+from jaxadv.errors import ConfigError
 
 
 class Run(NamedTuple):
@@ -26,15 +28,26 @@ class Run(NamedTuple):
 
 
 def restore_latest(workdir, template, keep=3):
-  """(state, meta) of the newest checkpoint in <workdir>/checkpoints
-  restored onto `template`, or FileNotFoundError."""
+  """(state, meta) of the newest checkpoint in <workdir>/checkpoints that
+  restores onto `template`; a damaged newer one is named on stderr and
+  skipped (left in place). FileNotFoundError if there is none,
+  ConfigError if none restores."""
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), keep)
   try:
-    if ckpt.latest_step() is None:
+    steps = sorted(ckpt.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(
           f'no checkpoint in {ckpt.directory}; train first (--mode train) or '
           'point --workdir at a finished run')
-    return ckpt.restore(template)
+    for step in steps:
+      try:
+        return ckpt.restore(template, step)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f'warning: checkpoint {ckpt.directory}/{step} does not '
+              f'restore ({ckpt_lib.short_reason(e)}); trying the previous '
+              'one', file=sys.stderr)
+    raise ConfigError(f'no checkpoint in {ckpt.directory} restores; '
+                      'retrain the run')
   finally:
     ckpt.close()
 

@@ -6,6 +6,7 @@ depends on the training method: methods plug in through `jaxadv.methods`.
 """
 import json
 import os
+import sys
 import time
 
 from absl import logging
@@ -15,23 +16,28 @@ from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import evaluate
 from jaxadv import loop
+from jaxadv import methods as methods_lib
 from jaxadv import monitor as monitor_lib
 from jaxadv import parallel
 from jaxadv import progress as progress_lib
 from jaxadv import reports
+from jaxadv import rundir
 from jaxadv import sanity
 from jaxadv import steps
 from jaxadv import validation
+from jaxadv.errors import ConfigError
 from jaxadv.errors import NonFiniteError  # re-exported: train.NonFiniteError
 from jaxadv.methods import common
 
 
-def _write_config(config, workdir):
-  """<workdir>/config.json (process 0): lets eval/transfer tools rebuild
-  the model from the workdir."""
+def _config_dict(config):
+  return json.loads(config.to_json_best_effort())
+
+
+def _say(msg):
+  """One line on stderr from process 0 (resume notes, warnings)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    print(msg, file=sys.stderr, flush=True)
 
 
 class Session:
@@ -57,15 +63,42 @@ class Session:
         os.path.join(workdir, 'metrics.jsonl'), jax.process_index() == 0)
 
   def restore(self):
-    """The newest checkpoint's state (or the fresh one) and whether an
-    earlier run already stopped early (nothing left to train)."""
+    """The newest checkpoint that restores (or the fresh state) and whether
+    an earlier run already stopped early (nothing left to train).
+
+    A checkpoint that fails to restore (truncated or missing files) is
+    named in one line, moved to <workdir>/checkpoints_damaged/ and the next
+    older one is tried; ConfigError if none restores.
+    """
     state = self.built.state
-    if self.ckpt.latest_step() is None:
+    steps = sorted(self.ckpt.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        state, _ = self.ckpt.restore(self.built.state, step)
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        where = os.path.join(self.ckpt.directory, str(step))
+        moved = ckpt_lib.set_aside(self.ckpt, step, os.path.join(
+            self.workdir, 'checkpoints_damaged'))
+        _say(f'warning: checkpoint {where} does not restore '
+             f'({ckpt_lib.short_reason(e)}); moved to {moved}, trying the '
+             'previous one')
+    else:
+      if steps:
+        raise ConfigError(
+            f'no checkpoint in {self.ckpt.directory} restores (damaged ones '
+            f'were moved to {self.workdir}/checkpoints_damaged); start again '
+            'with a new --workdir')
       return state, False
-    state, _ = self.ckpt.restore(state)
-    logging.info('resumed from step %d', int(state.step))
+    batches = int(state.step) // self.plan.updates_per_batch
     done = self.monitor is not None and bool(
         self.ckpt.read_meta().get('early_stopped'))
+    if batches >= self.plan.total_batches or done:
+      _say(f'already complete at step {int(state.step)} in {self.workdir}: '
+           'evaluating only')
+    else:
+      _say(f'resumed from step {int(state.step)} (epoch '
+           f'{batches / self.plan.steps_per_epoch:g}) in {self.workdir}')
     return state, done
 
   def test_metrics(self, state):
@@ -114,39 +147,68 @@ class Session:
 def train_and_evaluate(config, workdir):
   """Trains per `config`, checkpointing into `workdir`; resumes if possible.
 
-  Returns the results dict also written to <workdir>/results.json.
+  Nothing is written before the inputs are known good: the workdir is
+  checked, the config validated and compared with the run's own (a change
+  that makes the checkpoint unrestorable is refused; a risky one is warned
+  about and recorded in config_history.jsonl), the data loaded and the
+  state built. Returns the results dict also written to results.json.
   """
   t_start = time.time()
   if config.distributed:
     jax.distributed.initialize()
+  workdir = rundir.check_workdir(workdir, 'train')
   validation.validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  _write_config(config, workdir)
+  is_main = jax.process_index() == 0
+  extra_fatal = methods_lib.restore_keys(
+      methods_lib.get_method(config.method.name), config)
+  if rundir.has_run(workdir):  # refuse a fatal change before any work
+    rundir.record_config(workdir, _config_dict(config), write=False,
+                         extra_fatal=extra_fatal)
   s = Session(config, workdir)
   try:
-    state, finished = s.restore()
-    source = steps.DataParallelSource(config, s.built, s.ds, s.mesh)
-    bar = progress_lib.Progress(
-        s.plan.total_batches, int(state.step) // s.plan.updates_per_batch,
-        config.progress and jax.process_index() == 0)
-    logger = loop.Logger(s.plan, s.jsonl, bar, s.built.schedule)
-    if finished:
-      out = loop.Outcome(state=state, batches_done=int(state.step) //
-                         s.plan.updates_per_batch, start_batches=0,
-                         status='early-stopped (in an earlier run; the best '
-                         'state was kept)')
-      out.start_batches = out.batches_done
-    else:
-      out = loop.run(state, source, plan=s.plan, ckpt=s.ckpt, logger=logger,
-                     end_of_epoch=s.end_of_epoch)
-    results = _results(s, out, source, t_start)
-    if not out.status.startswith('interrupted'):
-      _final_evaluation(s, out, results)
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+    risky = rundir.record_config(
+        workdir, _config_dict(config), resumed_from_step=s.ckpt.latest_step(),
+        extra_fatal=extra_fatal, write=is_main)
+    if risky:
+      _say('warning: ' + rundir.risky_warning(workdir, risky))
+    results = _train(s, t_start)
+    if is_main:
+      rundir.write_atomic(os.path.join(workdir, 'results.json'),
+                          json.dumps(results, indent=2) + '\n')
+  except (OSError, RuntimeError, ValueError) as e:
+    msg = rundir.disk_error_message(e, workdir)
+    if msg is None:
+      raise
+    ckpt_lib.remove_partial_saves(s.ckpt.directory)
+    raise ConfigError(msg) from None
   finally:
     s.close()
+  return results
+
+
+def _train(s, t_start):
+  """Restore, loop (unless already complete), results, final evaluation."""
+  config = s.config
+  state, finished = s.restore()
+  if jax.process_index() == 0:
+    rundir.truncate_metrics(os.path.join(s.workdir, 'metrics.jsonl'),
+                            int(state.step))
+  source = steps.DataParallelSource(config, s.built, s.ds, s.mesh)
+  bar = progress_lib.Progress(
+      s.plan.total_batches, int(state.step) // s.plan.updates_per_batch,
+      config.progress and jax.process_index() == 0)
+  logger = loop.Logger(s.plan, s.jsonl, bar, s.built.schedule)
+  if finished:
+    done = int(state.step) // s.plan.updates_per_batch
+    out = loop.Outcome(state=state, batches_done=done, start_batches=done,
+                       status='early-stopped (in an earlier run; the best '
+                       'state was kept)')
+  else:
+    out = loop.run(state, source, plan=s.plan, ckpt=s.ckpt, logger=logger,
+                   end_of_epoch=s.end_of_epoch)
+  results = _results(s, out, source, t_start)
+  if not out.status.startswith('interrupted'):
+    _final_evaluation(s, out, results)
   return results
 
 
@@ -171,7 +233,7 @@ def _results(s, out, source, t_start):
       'train_images': (out.batches_done - out.start_batches) *
                       config.batch_size,
       'images_per_s': (steady_images / steady_time if steady_time > 0
-                       else float('nan')),
+                       else None),  # None: nothing trained in this run
       'history': out.history,
       'config': json.loads(config.to_json_best_effort()),
   }
@@ -184,6 +246,7 @@ def _final_evaluation(s, out, results):
   last = out.history[-1] if out.history else {}
   eval_state = build.for_eval(config, s.ds, out.state)
   results['eval_dtype'] = build.eval_dtype(config)
+  results['num_test_examples'] = len(s.ds.test_labels)
   if ('test_accuracy' in last and out.status == 'completed' and
       eval_state is out.state):
     results.update({k: v for k, v in last.items() if k.startswith('test_')})

@@ -495,7 +495,9 @@ def test_parse_round_trip_property(name, data):
       'loss': st.sampled_from(A.LOSSES),
       'target': st.sampled_from(A.TARGETS), 'rho': st.floats(0.01, 1.0),
       'num_target_classes': st.integers(1, 20),
-      'restart_batching': st.sampled_from(A.RESTART_BATCHING)}
+      'restart_batching': st.sampled_from(A.RESTART_BATCHING),
+      'queries': st.integers(1, 10000), 'p_init': st.floats(0.01, 1.0),
+      'rescale_schedule': st.booleans()}
   keys = A.specs._spec_keys(name)
   chosen = data.draw(st.lists(st.sampled_from(keys), unique=True)) + ['eps']
   params = {k: data.draw(values[k]) for k in dict.fromkeys(chosen)}

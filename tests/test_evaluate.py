@@ -304,8 +304,13 @@ def test_main_eval_end_to_end(workdirs, tiny_data_dir, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert '| pgd(eps=0.2, steps=2) | linf | 0.2 | 2 |' in out.stdout
   assert 'Sanity checks' in out.stdout
-  report = json.load(open(os.path.join(workdir, 'eval.json')))
-  assert set(report) == {'records', 'warnings'}
+  written = [l.split(' ', 1)[1] for l in out.stdout.splitlines()
+             if l.startswith('wrote ')]
+  assert len(written) == 2 and written[0].endswith('.json'), out.stdout
+  assert written[1] == written[0][:-len('.json')] + '.md'
+  assert os.path.basename(written[0]).startswith('eval-')
+  report = json.load(open(written[0]))
+  assert {'records', 'warnings', 'test_accuracy'} <= set(report)
   assert [r['name'] for r in report['records']] == [
       'clean', 'fgsm(eps=0.2)', 'pgd(eps=0.2, steps=2)']
   assert all(r['num_examples'] == 30 for r in report['records'])
@@ -352,3 +357,36 @@ def test_clis_reject_bad_input_in_one_line(workdirs, tmp_path, capsys):
                      str(tmp_path / 'bad')]) == 2
   assert 'config.json not found' in capsys.readouterr().err
   assert not (tmp_path / 'bad').exists()
+
+
+def test_autoattack_runs_each_component_on_the_still_robust_points(
+    loaded, monkeypatch):
+  """autoattack(...) gives one record per component (robust accuracy after
+  it, non-increasing) and a final record; each component is given only the
+  examples that survived the ones before it."""
+  _, state, specs, mesh, ds = loaded['cnn5']
+  images, labels = evaluate.subset(ds.test_images, ds.test_labels, 24, 3)
+  sizes = []
+  real = evaluate.robust_flags
+
+  def counting(state, images, labels, attack, **kw):
+    sizes.append(len(labels))
+    return real(state, images, labels, attack, **kw)
+
+  monkeypatch.setattr(evaluate, 'robust_flags', counting)
+  spec = 'autoattack(eps=0.15, norm=linf)'
+  records = evaluate.run_attacks(state, images, labels, [spec, 'clean'],
+                                 mesh=mesh, specs=specs, batch_size=24)
+  parts, final, clean = records[:4], records[4], records[5]
+  assert [r['attack'] for r in parts] == ['apgd_ce', 'apgd_t', 'fab_t',
+                                          'square']
+  assert all(r['component_of'] == final['name'] for r in parts)
+  accs = [clean['accuracy']] + [r['accuracy'] for r in parts]
+  assert all(a >= b for a, b in zip(accs, accs[1:])), accs
+  assert final['attack'] == 'autoattack'
+  assert final['accuracy'] == parts[-1]['accuracy']
+  assert list(final['components']) == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+  # clean pass on all 24, then each component on the survivors only.
+  assert sizes[0] == 24
+  survivors = [round(a * 24) for a in accs]
+  assert sizes[1:] == [n for n in survivors[:-1] if n > 0][:len(sizes) - 1]

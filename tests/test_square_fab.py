@@ -351,7 +351,7 @@ def test_autoattack_spec_and_components():
   assert str(spec) == 'autoattack(norm=linf, eps=8/255)'
   d = spec.describe()
   assert d['attack'] == 'autoattack' and d['norm'] == 'linf' and d['eps'] == 8 / 255
-  parts = autoattack.spec_components(spec)
+  parts = A.specs.autoattack_spec_components(spec)
   assert [c.name for c in parts] == ['apgd-ce', 'apgd-t', 'fab-t', 'square']
   assert [str(c.spec) for c in parts] == [
       'apgd_ce(norm=linf, eps=8/255, steps=100, restarts=1)',
@@ -361,12 +361,12 @@ def test_autoattack_spec_and_components():
       'rescale_schedule=false)']
   for c in parts:  # every component round-trips through the spec language
     assert A.parse_attack(str(c.spec)) == c.spec
-  l2 = autoattack.components(0.5, 'l2')
+  l2 = A.specs.autoattack_components(0.5, 'l2')
   assert all(c.spec.describe()['norm'] == 'l2' for c in l2)
-  assert [c.name for c in autoattack.components(0.5, 'l2', 'plus')] == [
+  assert [c.name for c in A.specs.autoattack_components(0.5, 'l2', 'plus')] == [
       'apgd-ce', 'apgd-dlr', 'fab', 'square', 'apgd-t', 'fab-t']
   with pytest.raises(ValueError, match='version'):
-    autoattack.components(0.5, 'l2', 'rand')
+    A.specs.autoattack_components(0.5, 'l2', 'rand')
   d = A.parse_attack('square(eps=0.1, queries=300, target=random)').describe()
   assert (d['steps'], d['loss'], d['target'], d['step_size']) == (300, 'ce', 'random', None)
   assert A.parse_attack('fab_t(eps=0.1)').describe()['target'] == 'top9'

@@ -205,7 +205,7 @@ def test_main_end_to_end(tiny_data_dir, tmp_path):
 
   out = _main(flags + ['--mode', 'eval'], REPO)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert f"{results['test_accuracy']:.4f}" in out.stdout
+  assert f"{100 * results['test_accuracy']:.2f}%" in out.stdout
 
   out = _main(flags + ['--config.optim.lr=-1'], REPO)
   assert out.returncode == 2

@@ -26,7 +26,7 @@ predicted as the target), else the one with the highest loss at its returned poi
 
 Beyond gradients: `square` (score-based, forward passes only), `fab` / `fab_t` (minimal
 perturbations; `fab_minimal` returns them unbounded) and the AutoAttack ensemble
-(`autoattack.components`, `autoattack_batch`), which see through gradient masking.
+(`specs.autoattack_components`, `autoattack_batch`), which see through gradient masking.
 
 `parse_attack` / `make_attack` turn evaluation specs such as
 `pgd(norm=linf, eps=8/255, steps=50, restarts=10)` into attack functions; see `parse_attack`.

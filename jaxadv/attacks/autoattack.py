@@ -19,7 +19,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxadv.attacks.apgd import apgd_ce, apgd_dlr, apgd_t
+from jaxadv.attacks.fab import fab, fab_t
 from jaxadv.attacks.projections import NORMS, LogitsFn, bcast
+from jaxadv.attacks.square import square
+
+_ATTACKS = {'apgd_ce': apgd_ce, 'apgd_dlr': apgd_dlr, 'apgd_t': apgd_t, 'fab': fab,
+            'fab_t': fab_t, 'square': square}
 
 VERSIONS = ('standard', 'plus')
 
@@ -27,10 +33,10 @@ VERSIONS = ('standard', 'plus')
 class Component(NamedTuple):
   """One attack of the ensemble: its display name (the reference's, e.g. 'apgd-t') and spec."""
   name: str
-  spec: Any  # specs.AttackSpec
+  spec: Any  # specs.AttackSpec (built by specs.autoattack_components)
 
 
-def _settings(version: str) -> list[tuple[str, str, dict[str, Any]]]:
+def settings(version: str) -> list[tuple[str, str, dict[str, Any]]]:
   square = ('square', 'square', dict(queries=5000, p_init=0.8, restarts=1,
                                      rescale_schedule=False))
   if version == 'standard':
@@ -48,31 +54,6 @@ def _settings(version: str) -> list[tuple[str, str, dict[str, Any]]]:
   raise ValueError(f'unknown AutoAttack version {version!r}; valid: {", ".join(VERSIONS)}')
 
 
-def components(eps, norm: str = 'linf', version: str = 'standard') -> list[Component]:
-  """The AutoAttack sequence at (eps, norm), in the order the reference runs it.
-
-  eps is in pixel scale (an int, float or fractions.Fraction such as 8/255 from a parsed
-  spec, kept as given so the components' names read eps=8/255). Each component is an attack
-  with the same contract as every attack here: it returns points in the eps ball, and an
-  example counts as broken when the model misclassifies the returned point. A runner records
-  each component under its display name and the robust accuracy after it; the final robust
-  accuracy is the one after the last component.
-  """
-  from jaxadv.attacks.specs import AttackSpec  # pylint: disable=g-import-not-at-top (cycle)
-  if norm not in NORMS:
-    raise ValueError(f'unknown norm {norm!r}; valid norms: {", ".join(NORMS)}')
-  return [Component(display, AttackSpec(name, dict(norm=norm, eps=eps, **params)))
-          for display, name, params in _settings(version)]
-
-
-def spec_components(spec) -> list[Component]:
-  """The components of an `autoattack(eps=..., norm=...)` AttackSpec."""
-  if spec.name != 'autoattack':
-    raise ValueError(f'expected an autoattack spec, got {spec}')
-  given = dict(spec.params)
-  return components(given['eps'], given.get('norm', 'linf'))
-
-
 def autoattack_batch(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
                      norm: str = 'linf', version: str = 'standard') -> jax.Array:
   """AutoAttack on one fixed batch: every component runs on the whole batch in turn, and per
@@ -87,13 +68,12 @@ def autoattack_batch(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.A
   Returns:
     stop_gradient(x_adv), (b, ...) in [0, 1] and in the eps ball of x.
   """
-  from jaxadv.attacks.specs import ATTACKS  # pylint: disable=g-import-not-at-top (cycle)
   if norm not in NORMS:
     raise ValueError(f'unknown norm {norm!r}; valid norms: {", ".join(NORMS)}')
   wrong = lambda xx: jnp.argmax(logits_fn(xx), axis=-1) != y
   x_adv, broken = x, wrong(x)
-  for i, (_, name, params) in enumerate(_settings(version)):
-    new = ATTACKS[name](logits_fn, jax.random.fold_in(rng, i), x, y, eps=eps, norm=norm,
+  for i, (_, name, params) in enumerate(settings(version)):
+    new = _ATTACKS[name](logits_fn, jax.random.fold_in(rng, i), x, y, eps=eps, norm=norm,
                         **params)
     take = ~broken & wrong(new)
     x_adv = jnp.where(bcast(take, x), new, x_adv)

@@ -13,6 +13,7 @@ import jax
 from jax import lax
 
 from jaxadv.attacks.apgd import apgd, apgd_ce, apgd_dlr, apgd_step_size, apgd_t
+from jaxadv.attacks import autoattack
 from jaxadv.attacks.autoattack import autoattack_batch
 from jaxadv.attacks.fab import fab, fab_t
 from jaxadv.attacks.losses import LOSSES, random_target, worst_target
@@ -307,3 +308,27 @@ def make_attack(spec: AttackSpec | str,
   fn.__name__ = spec.name
   fn.__doc__ = f'{spec}: {attack.__doc__.splitlines()[0]}'
   return fn
+
+
+def autoattack_components(eps, norm: str = 'linf', version: str = 'standard') -> list[autoattack.Component]:
+  """The AutoAttack sequence at (eps, norm), in the order the reference runs it.
+
+  eps is in pixel scale (an int, float or fractions.Fraction such as 8/255 from a parsed
+  spec, kept as given so the components' names read eps=8/255). Each component is an attack
+  with the same contract as every attack here: it returns points in the eps ball, and an
+  example counts as broken when the model misclassifies the returned point. A runner records
+  each component under its display name and the robust accuracy after it; the final robust
+  accuracy is the one after the last component.
+  """
+  if norm not in NORMS:
+    raise ValueError(f'unknown norm {norm!r}; valid norms: {", ".join(NORMS)}')
+  return [autoattack.Component(display, AttackSpec(name, dict(norm=norm, eps=eps, **params)))
+          for display, name, params in autoattack.settings(version)]
+
+
+def autoattack_spec_components(spec) -> list[autoattack.Component]:
+  """The components of an `autoattack(eps=..., norm=...)` AttackSpec."""
+  if spec.name != 'autoattack':
+    raise ValueError(f'expected an autoattack spec, got {spec}')
+  given = dict(spec.params)
+  return autoattack_components(given['eps'], given.get('norm', 'linf'))

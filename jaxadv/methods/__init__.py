@@ -21,6 +21,8 @@ and optionally
   updates_per_batch(config) -> int   updates one train_step makes (Free: m)
   trains_clean_bn(config) -> bool    whether training makes clean passes
                             (False: the method cannot use model.dual_bn)
+  RESTORE_KEYS              dotted config keys whose change makes its
+                            checkpoints unrestorable (e.g. aux networks)
 
 `ctx` is a build.Context: dataset facts (num_classes, image_shape, mean,
 std), step counts (total_updates, updates_per_epoch), the global batch size,
@@ -87,6 +89,14 @@ def updates_per_batch(method, config):
 def trains_clean_bn(method, config):
   fn = getattr(method, 'trains_clean_bn', None)
   return bool(fn(config)) if fn else True
+
+
+def restore_keys(method, config):
+  """Config keys (dotted) beyond the model's whose change makes a method's
+  checkpoint unrestorable (e.g. Free's batch_size: its perturbation is
+  batch-shaped); a method lists them in RESTORE_KEYS."""
+  del config
+  return tuple(getattr(method, 'RESTORE_KEYS', ()))
 
 
 def init_parts(method, ctx, rng):

@@ -24,6 +24,8 @@ from jaxadv import methods
 from jaxadv.methods import common
 
 KEYS = ('eps', 'replays', 'step_size')
+# delta has the global batch's shape: another batch size cannot restore it.
+RESTORE_KEYS = ('batch_size',)
 
 
 def validate(config):

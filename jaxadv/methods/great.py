@@ -41,6 +41,9 @@ from jaxadv.methods import common
 
 KEYS = ('variant', 'alpha_max', 'beta_max', 'aux_model', 'aux_activation',
         'aux_kwargs', 'aux_optim')
+# The auxiliary network's architecture and optimizer shape the checkpoint.
+RESTORE_KEYS = ('method.aux_model', 'method.aux_kwargs', 'method.aux_activation',
+                'method.aux_optim.name')
 VARIANTS = {'great': (True, False), 'greace': (False, True),
             'both': (True, True)}  # -> (use_great, use_greace)
 AUX_OPTIM = dict(name='adam', lr=1e-3, schedule='poly', poly_power=0.9)
