@@ -497,7 +497,7 @@ def test_parse_round_trip_property(name, data):
       'num_target_classes': st.integers(1, 20),
       'restart_batching': st.sampled_from(A.RESTART_BATCHING),
       'queries': st.integers(1, 10000), 'p_init': st.floats(0.01, 1.0),
-      'rescale_schedule': st.booleans()}
+      'rescale_schedule': st.booleans(), 'keep_best': st.booleans()}
   keys = A.specs._spec_keys(name)
   chosen = data.draw(st.lists(st.sampled_from(keys), unique=True)) + ['eps']
   params = {k: data.draw(values[k]) for k in dict.fromkeys(chosen)}
@@ -602,3 +602,44 @@ def test_fgsm_rs_start_fills_the_eps_ball(norm):
   else:  # uniform in the 64-dim ball: radius eps * u^(1/64), near eps
     r = np.sqrt((out.reshape(64, -1) ** 2).sum(-1))
     assert r.max() <= eps + 1e-5 and np.median(r) > 0.97 * eps
+
+
+def _tiny_net(seed=0):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  w1 = jax.random.normal(k1, (3 * 3 * 2, 16)) * 2.0
+  w2 = jax.random.normal(k2, (16, 5))
+  return lambda x: jnp.sin(x.reshape(x.shape[0], -1) @ w1 * 3.0) @ w2
+
+
+def test_pgd_keeps_the_best_iterate_not_the_last():
+  """With an oscillating loss and a large step, the final iterate often has
+  a lower loss than an earlier one: keep_best returns, per example, a point
+  at least as good as the last iterate, and strictly better for some."""
+  f = _tiny_net()
+  x = jax.random.uniform(jax.random.PRNGKey(1), (64, 3, 3, 2))
+  y = jnp.argmax(f(x), -1)  # every example starts correctly classified
+  kw = dict(eps=0.3, steps=7, step_size=0.2, loss='cw')
+  best = A.pgd(f, jax.random.PRNGKey(2), x, y, **kw)
+  last = A.pgd(f, jax.random.PRNGKey(2), x, y, keep_best=False, **kw)
+  m_best, m_last = A.cw_margin(f(best), y), A.cw_margin(f(last), y)
+  won_best, won_last = m_best > 0, m_last > 0
+  assert bool(jnp.all(won_best | ~won_last))  # never loses a success
+  better = (m_best > m_last + 1e-6) & ~won_last
+  assert int(better.sum()) > 0
+  assert float(jnp.abs(best - x).max()) <= 0.3 + 1e-6
+
+
+def test_ifgsm_default_schedule_is_kurakins():
+  d = A.parse_attack('ifgsm(eps=8/255)').describe()
+  assert d['steps'] == 10 and math.isclose(d['step_size'], 1 / 255)
+  d = A.parse_attack('ifgsm(eps=0.3)').describe()
+  assert d['steps'] == int(min(0.3 * 255 + 4, 1.25 * 0.3 * 255)) == 80
+  d = A.parse_attack('ifgsm(eps=0.1, steps=10, step_size=0.01)').describe()
+  assert d['steps'] == 10 and d['step_size'] == 0.01
+  # The attack runs that schedule: with 1/255 steps, 10 steps move at most
+  # 10/255 from x even when eps is larger.
+  f = _tiny_net(3)
+  x = jax.random.uniform(jax.random.PRNGKey(4), (8, 3, 3, 2)) * 0.5 + 0.25
+  y = jnp.argmax(f(x), -1)
+  x_adv = A.ifgsm(f, jax.random.PRNGKey(0), x, y, eps=0.2, steps=10)
+  assert float(jnp.abs(x_adv - x).max()) <= 10 / 255 + 1e-6

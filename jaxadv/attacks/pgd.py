@@ -27,8 +27,19 @@ def pgd_step_size(eps, steps):
 
 
 def ifgsm_step_size(eps, steps):
-  """iFGSM/BIM's per-step move: eps / steps."""
-  return eps / steps
+  """iFGSM/BIM's per-step move: 1/255 (Kurakin et al. 2017's alpha = 1)."""
+  del eps, steps
+  return 1.0 / 255
+
+
+def ifgsm_steps(eps):
+  """iFGSM/BIM's default number of steps, Kurakin et al. 2017:
+  min(255 eps + 4, 1.25 * 255 eps), at least 1 (eps in pixel scale)."""
+  try:
+    e = 255.0 * float(eps)
+  except TypeError:
+    raise ValueError('ifgsm with a traced eps needs explicit steps') from None
+  return max(int(min(e + 4, 1.25 * e)), 1)
 
 # Restarts.
 
@@ -132,23 +143,42 @@ def fgsm_rs(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, 
 # PGD family.
 
 
-def _pgd_run(logits_fn, rng, x, objective, *, eps, steps, step_size, norm, random_start):
-  """One PGD restart; returns the final iterate (b, ...)."""
+def _pgd_run(logits_fn, rng, x, objective, success, *, eps, steps, step_size, norm,
+             random_start, keep_best):
+  """One PGD restart. keep_best: per example, the first iterate that succeeds, else the one
+  with the highest loss (iterates 0..steps; the losses come with the gradients, plus one
+  forward pass for the last iterate); else the final iterate (Madry et al.'s training)."""
   direction, project, init = norm_ops(norm)
   x0 = init(rng, x, eps) if random_start else x
 
-  def body(_, x_adv):
-    _, _, g = loss_and_grad(logits_fn, objective, x_adv)
+  def step(x_adv, g):
     return project(x_adv + step_size * direction(g), x, eps)
 
-  return lax.fori_loop(0, steps, body, x0)
+  if not keep_best:
+    return lax.fori_loop(0, steps, lambda _, xa: step(xa, loss_and_grad(
+        logits_fn, objective, xa)[2]), x0)
+
+  def merge(best, x_adv, f, logits):
+    return keep_better(best, (x_adv, f, success(logits)))
+
+  def body(_, carry):
+    x_adv, best = carry
+    f, logits, g = loss_and_grad(logits_fn, objective, x_adv)
+    return step(x_adv, g), merge(best, x_adv, f, logits)
+
+  b = x.shape[0]
+  f_dtype = jax.eval_shape(lambda v: objective(logits_fn(v)), x).dtype
+  best = (x0, jnp.full((b,), -jnp.inf, f_dtype), jnp.zeros((b,), bool))
+  x_last, best = lax.fori_loop(0, steps, body, (x0, best))
+  logits = logits_fn(x_last)
+  return merge(best, x_last, objective(logits), logits)[0]
 
 
 def pgd(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
         steps: int = 10, step_size=None, norm: str = 'linf', random_start: bool = True,
         restarts: int = 1, loss: str = 'ce', target: jax.Array | None = None,
-        restart_batching: str = 'loop') -> jax.Array:
-  """Projected gradient ascent (Madry et al. 2018), returning the final iterate per restart.
+        restart_batching: str = 'loop', keep_best: bool = True) -> jax.Array:
+  """Projected gradient ascent (Madry et al. 2018).
 
   Args:
     eps: ball radius in pixel scale (L-inf or L2 per `norm`).
@@ -161,24 +191,32 @@ def pgd(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
     loss: 'ce' | 'cw' | 'dlr', maximised (targeted variants when `target` is given).
     target: optional int (b,) target classes; success then means predicting the target.
     restart_batching: 'loop' (lax.scan over restarts, memory of one) or 'vmap' (all at once).
+    keep_best: per example and restart, return the first successful iterate, else the
+      highest-loss one (default; an attack should not lose a success it found); False returns
+      the final iterate, as Madry et al.'s training does.
   Returns:
     stop_gradient(x_adv), (b, ...) in [0, 1] and in the eps ball of x.
   """
   check_steps(steps)
   step_size = pgd_step_size(eps, steps) if step_size is None else step_size
   objective, success = objective_fn(loss, y, target), success_fn(y, target)
-  run = lambda key: _pgd_run(logits_fn, key, x, objective, eps=eps, steps=steps,
-                             step_size=step_size, norm=norm, random_start=random_start)
+  run = lambda key: _pgd_run(logits_fn, key, x, objective, success, eps=eps, steps=steps,
+                             step_size=step_size, norm=norm, random_start=random_start,
+                             keep_best=keep_best)
   x_adv, _, _ = best_of_restarts(run, logits_fn, objective, success, rng, x, restarts,
                                   restart_batching)
   return lax.stop_gradient(x_adv)
 
 
 def ifgsm(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-          steps: int = 10, step_size=None, norm: str = 'linf', loss: str = 'ce',
+          steps: int | None = None, step_size=None, norm: str = 'linf', loss: str = 'ce',
           target: jax.Array | None = None) -> jax.Array:
-  """Iterative FGSM / BIM (Kurakin et al. 2017): PGD from x (no random start), step
-  eps / steps by default, one restart."""
+  """Iterative FGSM / BIM (Kurakin et al. 2017): PGD from x (no random start), one restart,
+  best iterate kept. Default schedule Kurakin et al.'s: steps of 1/255 (`ifgsm_step_size`),
+  min(255 eps + 4, 1.25 * 255 eps) of them (`ifgsm_steps`; eps must then be a Python number).
+  Given `steps` without `step_size`, the step is still 1/255: pass step_size=eps/steps for
+  k steps that reach the ball's boundary (as GREAT's Table 1 does)."""
+  steps = ifgsm_steps(eps) if steps is None else steps
   check_steps(steps)
   step_size = ifgsm_step_size(eps, steps) if step_size is None else step_size
   return pgd(logits_fn, rng, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm,

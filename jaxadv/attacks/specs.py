@@ -18,7 +18,8 @@ from jaxadv.attacks.autoattack import autoattack_batch
 from jaxadv.attacks.fab import fab, fab_t
 from jaxadv.attacks.losses import LOSSES, random_target, worst_target
 from jaxadv.attacks.pgd import (RESTART_BATCHING, bim, clean, cw, fgsm, fgsm_rs, fgsm_rs_step_size,
-                                ifgsm, ifgsm_step_size, pgd, pgd_step_size)
+                                ifgsm, ifgsm_step_size, ifgsm_steps, pgd,
+                                pgd_step_size)
 from jaxadv.attacks.projections import NORMS, LogitsFn
 from jaxadv.attacks.square import square
 
@@ -48,11 +49,12 @@ TARGETS = ('random', 'worst')
 # Canonical order of spec keys in str(spec).
 _KEY_ORDER = ('norm', 'eps', 'steps', 'queries', 'step_size', 'alpha', 'restarts',
               'random_start', 'clip_start', 'loss', 'target', 'rho', 'num_target_classes',
-              'p_init', 'rescale_schedule', 'restart_batching')
-_BOOLEANS = ('random_start', 'clip_start', 'rescale_schedule')
+              'p_init', 'rescale_schedule', 'keep_best', 'restart_batching')
+_BOOLEANS = ('random_start', 'clip_start', 'rescale_schedule', 'keep_best')
 _CHOICES = {'norm': NORMS, 'loss': LOSSES, 'target': TARGETS,
             'random_start': ('true', 'false'), 'clip_start': ('true', 'false'),
-            'rescale_schedule': ('true', 'false'), 'restart_batching': RESTART_BATCHING}
+            'rescale_schedule': ('true', 'false'), 'keep_best': ('true', 'false'),
+            'restart_batching': RESTART_BATCHING}
 _POSITIVE_INTS = ('steps', 'queries', 'restarts', 'num_target_classes')
 Value = Any  # int | float | fractions.Fraction | bool | str
 
@@ -190,6 +192,8 @@ class AttackSpec:
       kw['steps'] = kw['queries']
       kw['loss'] = kw['loss'] or ('cw' if kw.get('target') is None else 'ce')
     steps = kw.get('steps', 1)
+    if self.name in ('ifgsm', 'bim') and steps is None:
+      steps = ifgsm_steps(eps)
     step_size = _step_size(self.name, kw, eps, steps)
     step_size = None if step_size is None else float(step_size)
     loss = {'cw': 'cw', 'apgd_ce': 'ce', 'apgd_dlr': 'dlr', 'apgd_t': 'dlr_targeted'}.get(

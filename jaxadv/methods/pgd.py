@@ -46,11 +46,12 @@ def settings(config):
   return dict(eps=float(v('eps')), steps=int(v('steps')),
               step_size=None if step_size is None else float(step_size),
               norm=v('norm', 'linf'), random_start=bool(v('random_start', True)),
-              clean_weight=float(v('clean_weight', 0.0)),
+              clean_weight=float(v('clean_weight', 0.0)), keep_best=False,
               attack_bn=v('attack_bn', 'train'))
 
 
-ATTACK_KEYS = ('norm', 'eps', 'steps', 'step_size', 'random_start')
+# keep_best=False: train on the final iterate, as Madry et al.
+ATTACK_KEYS = ('norm', 'eps', 'steps', 'step_size', 'random_start', 'keep_best')
 
 
 def make_adversarial_examples(ctx):
