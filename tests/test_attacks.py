@@ -528,7 +528,7 @@ def test_describe_resolves_defaults():
   assert A.parse_attack('fgsm(eps=0.3)').describe()['step_size'] == 0.3
   assert A.parse_attack('fgsm_rs(eps=0.2)').describe()['step_size'] == 1.25 * 0.2
   d = A.parse_attack('ifgsm(eps=0.1, steps=5)').describe()
-  assert d['step_size'] == 0.1 / 5 and d['steps'] == 5
+  assert d['step_size'] == 1 / 255 and d['steps'] == 5  # Kurakin's step
   d = A.parse_attack('pgd(eps=0.3, steps=40, step_size=0.01, target=worst)').describe()
   assert (d['step_size'], d['target']) == (0.01, 'worst')
   assert set(A.parse_attack('clean').describe()) == set(d)

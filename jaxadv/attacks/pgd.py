@@ -145,9 +145,10 @@ def fgsm_rs(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, 
 
 def _pgd_run(logits_fn, rng, x, objective, success, *, eps, steps, step_size, norm,
              random_start, keep_best):
-  """One PGD restart. keep_best: per example, the first iterate that succeeds, else the one
-  with the highest loss (iterates 0..steps; the losses come with the gradients, plus one
-  forward pass for the last iterate); else the final iterate (Madry et al.'s training)."""
+  """One PGD restart. keep_best: per example, the highest-loss iterate among those that
+  succeed, else the highest-loss iterate (iterates 0..steps; the losses come with the
+  gradients, plus one forward pass for the last iterate); else the final iterate (Madry et
+  al.'s training)."""
   direction, project, init = norm_ops(norm)
   x0 = init(rng, x, eps) if random_start else x
 
@@ -159,7 +160,13 @@ def _pgd_run(logits_fn, rng, x, objective, success, *, eps, steps, step_size, no
         logits_fn, objective, xa)[2]), x0)
 
   def merge(best, x_adv, f, logits):
-    return keep_better(best, (x_adv, f, success(logits)))
+    # Prefer a success, then a higher loss (APGD's rule): a success found
+    # is never lost, and among successes the strongest point is returned.
+    x_b, f_b, ok_b = best
+    ok = success(logits)
+    take = (ok & (~ok_b | (f >= f_b))) | (~ok_b & (f > f_b))
+    return (jnp.where(bcast(take, x_b), x_adv, x_b), jnp.where(take, f, f_b),
+            ok_b | ok)
 
   def body(_, carry):
     x_adv, best = carry
@@ -191,9 +198,9 @@ def pgd(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
     loss: 'ce' | 'cw' | 'dlr', maximised (targeted variants when `target` is given).
     target: optional int (b,) target classes; success then means predicting the target.
     restart_batching: 'loop' (lax.scan over restarts, memory of one) or 'vmap' (all at once).
-    keep_best: per example and restart, return the first successful iterate, else the
-      highest-loss one (default; an attack should not lose a success it found); False returns
-      the final iterate, as Madry et al.'s training does.
+    keep_best: per example and restart, return the highest-loss successful iterate, else the
+      highest-loss one (default; an attack never loses a success it found, as APGD); False
+      returns the final iterate, as Madry et al.'s training does.
   Returns:
     stop_gradient(x_adv), (b, ...) in [0, 1] and in the eps ball of x.
   """
