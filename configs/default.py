@@ -31,6 +31,22 @@ def get_config():
 
   c.method = ml_collections.ConfigDict()
   c.method.name = 'standard'      # see jaxadv.methods.METHODS; method keys live beside the name
+  # Method keys (set beside the name in an experiment config; a key a method
+  # does not know is an error). Defaults in brackets.
+  # standard: none.
+  # pgd:  eps (required; pixel scale, 8/255 or 0.3; L2 e.g. 1.0)
+  #       steps (required; K PGD steps per training step)
+  #       step_size [PGD's 2.5 * eps / steps]   norm ['linf' | 'l2']
+  #       random_start [True]                   clean_weight [0.0: trains on
+  #       (1 - w) CE(x_adv) + w CE(x)]           attack_bn ['train' | 'eval']
+  # fast: eps (required)   step_size [1.25 eps linf, 1.5 eps l2]
+  #       norm ['linf']    clean_weight [0.0]   attack_bn ['train']
+  #       clip_start [True: take the gradient at the start clipped to [0, 1]]
+  # free: eps (required)   replays (required; m)   step_size [eps]
+  # great: variant ['both' | 'great' | 'greace']   alpha_max [1.0]
+  #       beta_max [2.0; 10 for SVHN]   aux_model ['' = the main architecture]
+  #       aux_activation ['leaky_relu']  aux_kwargs [the main model's kwargs]
+  #       aux_optim [Adam, lr 1e-3, schedule 'poly' 0.9; keys as c.optim]
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'            # sgd | adam | adamw
