@@ -166,12 +166,15 @@ def train_and_evaluate(config, workdir):
                          extra_fatal=extra_fatal)
   s = Session(config, workdir)
   try:
+    state, finished = s.restore()
+    # The step restored, not the newest on disk (a damaged one set aside).
+    resumed = None if s.ckpt.latest_step() is None else int(state.step)
     risky = rundir.record_config(
-        workdir, _config_dict(config), resumed_from_step=s.ckpt.latest_step(),
+        workdir, _config_dict(config), resumed_from_step=resumed,
         extra_fatal=extra_fatal, write=is_main)
     if risky:
       _say('warning: ' + rundir.risky_warning(workdir, risky))
-    results = _train(s, t_start)
+    results = _train(s, state, finished, t_start)
     if is_main:
       rundir.write_atomic(os.path.join(workdir, 'results.json'),
                           json.dumps(results, indent=2) + '\n')
@@ -186,10 +189,10 @@ def train_and_evaluate(config, workdir):
   return results
 
 
-def _train(s, t_start):
-  """Restore, loop (unless already complete), results, final evaluation."""
+def _train(s, state, finished, t_start):
+  """From the restored `state`: loop (unless `finished` or already
+  complete), results, final evaluation."""
   config = s.config
-  state, finished = s.restore()
   if jax.process_index() == 0:
     rundir.truncate_metrics(os.path.join(s.workdir, 'metrics.jsonl'),
                             int(state.step))
@@ -235,6 +238,11 @@ def _results(s, out, source, t_start):
       'images_per_s': (steady_images / steady_time if steady_time > 0
                        else None),  # None: nothing trained in this run
       'history': out.history,
+      # What `key=method` in attack specs resolved to, and the monitor's
+      # attack as run (training, monitor and evaluation move together).
+      'method_settings': {k: v for k, v in s.built.ctx.settings.items()
+                          if isinstance(v, (int, float, str, bool))},
+      'monitor_attack': str(s.monitor.spec) if s.monitor else None,
       'config': json.loads(config.to_json_best_effort()),
   }
 
