@@ -6,8 +6,11 @@ optimizer state, method state) except the frozen networks, plus a small JSON
 record. Restoring takes the shardings of a template state, so a checkpoint
 written on one device count restores onto another.
 """
+import logging
 import os
+import re
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -27,6 +30,7 @@ class Checkpointer:
 
   def __init__(self, directory, keep=3):
     self.directory = os.path.abspath(directory)
+    _quiet_background_noise()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._mgr = ocp.CheckpointManager(self.directory, options=options)
 
@@ -78,12 +82,56 @@ class Checkpointer:
     self._mgr.close()
 
 
+# An absl status as tensorstore words it: 'OUT_OF_RANGE: Error reading ...:
+# <innermost reason> [source locations=...] [tensorstore_spec=...]'.
+_STATUS = re.compile(r'([A-Z][A-Z_]{3,}): (.*)', re.S)
+_STATUS_TAIL = re.compile(r' \[(?:source locations|tensorstore_spec)')
+
+
 def short_reason(exc):
-  """The first line of an exception's message, shortened (orbax and
-  tensorstore errors run to pages)."""
+  """One short line for why a checkpoint failed: the absl status code and
+  innermost reason of the first tensorstore error in `exc`'s chain (orbax
+  wraps it in messages that run to pages), else the first line of `exc`."""
+  seen, e = [], exc
+  while e is not None and e not in seen and len(seen) < 20:
+    seen.append(e)
+    m = _STATUS.match(str(e).strip())
+    if m:
+      code, text = m.group(1), _STATUS_TAIL.split(m.group(2))[0]
+      return f'{code}: {text.split(": ")[-1].strip()[:200]}'
+    e = e.__cause__ or e.__context__
   text = str(exc).strip().splitlines()
   text = text[0] if text else type(exc).__name__
   return f'{type(exc).__name__}: {text[:200]}'
+
+
+def _quiet_background_noise():
+  """Silences two kinds of duplicate noise, once per process.
+
+  orbax logs every failure of its background save threads at ERROR, with a
+  traceback, before the same error is raised in the main thread by save()
+  or wait() (where the run layer reports it in one line, e.g. ENOSPC); and
+  tensorstore reads still in flight when a restore fails call back into
+  orbax's asyncio loop after it closed, each printing 'RuntimeError: Event
+  loop is closed' through sys.unraisablehook. Both are dropped; nothing
+  else is.
+  """
+  if getattr(sys.unraisablehook, 'jaxadv_quiet', False):
+    return
+  previous = sys.unraisablehook
+
+  def unraisable(info):
+    if not (isinstance(info.exc_value, RuntimeError) and
+            str(info.exc_value) == 'Event loop is closed'):
+      previous(info)
+  unraisable.jaxadv_quiet = True
+  sys.unraisablehook = unraisable
+  logging.getLogger('absl').addFilter(_drop_orbax_errors)
+
+
+def _drop_orbax_errors(record):
+  return not (record.levelno >= logging.ERROR and
+              f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
 
 
 def set_aside(ckpt, step, dest):
