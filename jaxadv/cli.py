@@ -19,13 +19,15 @@ def _cell(v):
 
 
 def format_table(rows):
-  """Markdown table from (name, value) or (name, value, examples) rows."""
-  rows = [tuple(r) + ('',) * (3 - len(r)) for r in rows]
-  width = max(len(k) for k, _, _ in rows)
-  lines = [f'| {"":{width}} | value | examples |',
-           f'|{"-" * (width + 2)}|-------|----------|']
-  for k, v, n in rows:
-    lines.append(f'| {k:{width}} | {_cell(v)} | {_cell(n) if n else ""} |')
+  """Markdown table from (name, value) or (name, value, examples) rows,
+  its columns aligned."""
+  cells = [('', 'value', 'examples')] + [
+      (str(r[0]), _cell(r[1]), _cell(r[2]) if len(r) > 2 and r[2] else '')
+      for r in rows]
+  widths = [max(len(c[i]) for c in cells) for i in range(3)]
+  lines = ['| ' + ' | '.join(f'{c:{w}}' for c, w in zip(row, widths)) + ' |'
+           for row in cells]
+  lines.insert(1, '|' + '|'.join('-' * (w + 2) for w in widths) + '|')
   return '\n'.join(lines)
 
 
@@ -39,7 +41,7 @@ def summary_rows(results):
           ('method', results['method']), ('status', results['status']),
           ('epochs', f'{epochs:g}'), ('steps', results['steps']),
           ('device', f"{results['num_devices']} x {results['device_kind']}"),
-          ('wall time (s)', results['wall_time_s']),
+          ('wall time (s)', f"{results['wall_time_s']:.1f}"),
           ('train images/s', results.get('images_per_s'))]
   if 'test_accuracy' in results:
     rows.append(('clean test accuracy', pct(results['test_accuracy']),

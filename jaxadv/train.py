@@ -71,6 +71,8 @@ class Session:
     older one is tried; ConfigError if none restores.
     """
     state = self.built.state
+    if jax.process_index() == 0:  # a save cut short by a kill (orbax would
+      ckpt_lib.remove_partial_saves(self.ckpt.directory)  # warn, then redo)
     steps = sorted(self.ckpt.all_steps(), reverse=True)
     for step in steps:
       try:

@@ -385,7 +385,7 @@ def test_no_duplicate_metrics_after_a_kill_during_a_save(finished,
   assert code == 0, err
   assert err == [f'resumed from step 8 (epoch 1) in {run}'], err
   _assert_metrics_unique(run, 16)
-  assert _steps(run) == [8, 16]
+  assert sorted(os.listdir(ckdir)) == ['16', '8']  # the partial save removed
 
 
 # ----------------------------------------------------------------------------
@@ -472,6 +472,9 @@ def test_end_of_run_table_in_percent_with_example_counts(finished):
   robust = _table_row(out, ATTACK)
   assert robust[1].endswith('%') and robust[2] == '64', robust
   assert 'nan' not in out.lower()
+  table = [l for l in out.splitlines() if l.startswith('|')]
+  assert len({len(l) for l in table}) == 1, table  # columns aligned
+  assert len(_table_row(out, 'wall time (s)')[1].split('.')[-1]) == 1
 
 
 def test_eval_table_in_percent_with_example_counts(finished, tiny_data_dir,
