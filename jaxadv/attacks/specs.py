@@ -234,7 +234,8 @@ def _method_value(key: str, value: Value, method: Mapping[str, Any] | None) -> V
   if method is None or method.get(key) is None:
     known = ', '.join(sorted(k for k, v in (method or {}).items() if v is not None)) or 'none'
     raise ValueError(f'{key}=method needs a training method with a {key!r} setting (config.method.'
-                     f'{key}); the method has: {known}')
+                     f'{key}); the method has: {known}. Give the value instead, e.g. '
+                     f"'--config.eval.attacks=pgd(eps=0.3, steps=20)'")
   return method[key]
 
 
