@@ -6,6 +6,7 @@
 Without --config it runs the quick-start demo, configs/mnist_fast_demo.py.
 `python main.py --help` lists the experiment configs.
 """
+
 import ast
 import importlib.machinery
 import importlib.util
@@ -69,27 +70,41 @@ def _summary(path):
 
 def experiment_configs(folder=CONFIG_DIR):
   """[(file name, docstring summary)] of configs/*.py, sorted by name."""
-  names = sorted(n for n in os.listdir(folder)
-                 if n.endswith('.py') and n not in NOT_EXPERIMENTS)
+  names = sorted(
+      n
+      for n in os.listdir(folder)
+      if n.endswith('.py') and n not in NOT_EXPERIMENTS
+  )
   return [(n, _summary(os.path.join(folder, n))) for n in names]
 
 
 def usage():
   width = max([len(n) for n, _ in experiment_configs()] + [0]) + 2
-  lines = [USAGE, 'experiment configs (configs/; the docstring of each gives '
-           'its command and\nthe result to expect):']
+  lines = [
+      USAGE,
+      'experiment configs (configs/; the docstring of each gives '
+      'its command and\nthe result to expect):',
+  ]
   for name, summary in experiment_configs():
-    lines.append(textwrap.fill(summary, 80, initial_indent=f'  {name:{width}}',
-                               subsequent_indent=' ' * (width + 2),
-                               break_on_hyphens=False))
-  lines += ['', 'Every config key, its default and meaning: '
-            'configs/default.py.',
-            'All absl flags (logging, verbosity): --helpfull.']
+    lines.append(
+        textwrap.fill(
+            summary,
+            80,
+            initial_indent=f'  {name:{width}}',
+            subsequent_indent=' ' * (width + 2),
+            break_on_hyphens=False,
+        )
+    )
+  lines += [
+      '',
+      'Every config key, its default and meaning: ' 'configs/default.py.',
+      'All absl flags (logging, verbosity): --helpfull.',
+  ]
   return '\n'.join(lines)
 
 
 def _wants_help(argv):
-  args = argv[1:argv.index('--')] if '--' in argv else argv[1:]
+  args = argv[1 : argv.index('--')] if '--' in argv else argv[1:]
   return any(a in HELP_FLAGS for a in args)
 
 
@@ -112,7 +127,7 @@ def _config_arg(argv):
   for i, a in enumerate(argv):
     for prefix in ('--config=', '-config='):
       if a.startswith(prefix):
-        return a[len(prefix):]
+        return a[len(prefix) :]
     if a in ('--config', '-config') and i + 1 < len(argv):
       return argv[i + 1]
   return DEFAULT_CONFIG
@@ -125,31 +140,40 @@ def load_config(arg):
   if not path:
     return None, '--config is empty; pass a config file (see --help)'
   if not os.path.exists(path):
-    return None, (f'--config {path}: no such file; the experiment configs are '
-                  'in configs/ (python main.py --help lists them)')
+    return None, (
+        f'--config {path}: no such file; the experiment configs are '
+        'in configs/ (python main.py --help lists them)'
+    )
   if os.path.isdir(path):
     return None, f'--config {path} is a directory, not a config file'
   try:
     loader = importlib.machinery.SourceFileLoader('_jaxadv_config', path)
     module = importlib.util.module_from_spec(
-        importlib.util.spec_from_loader(loader.name, loader))
+        importlib.util.spec_from_loader(loader.name, loader)
+    )
     loader.exec_module(module)
   except SyntaxError as e:
-    return None, (f'--config {path} does not import: SyntaxError at line '
-                  f'{e.lineno}: {e.msg}')
+    return None, (
+        f'--config {path} does not import: SyntaxError at line '
+        f'{e.lineno}: {e.msg}'
+    )
   except Exception as e:  # pylint: disable=broad-except
     return None, f'--config {path} does not import: {_first_line(e)}'
   if not callable(getattr(module, 'get_config', None)):
-    return None, (f'--config {path} defines no get_config(); a config file '
-                  'returns a ConfigDict from get_config() (see '
-                  'configs/default.py)')
+    return None, (
+        f'--config {path} defines no get_config(); a config file '
+        'returns a ConfigDict from get_config() (see '
+        'configs/default.py)'
+    )
   try:
     config = module.get_config(*params)
   except Exception as e:  # pylint: disable=broad-except
     return None, f'--config {path}: get_config() raised {_first_line(e)}'
   if not isinstance(config, ml_collections.ConfigDict):
-    return None, (f'--config {path}: get_config() returned '
-                  f'{type(config).__name__}, not an ml_collections.ConfigDict')
+    return None, (
+        f'--config {path}: get_config() returned '
+        f'{type(config).__name__}, not an ml_collections.ConfigDict'
+    )
   return config, None
 
 
@@ -162,13 +186,15 @@ def _override_error(argv, exc):
     return problem
   overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
   for flag in overrides:
-    node, path = config, flag[len('--config.'):].split('.')
+    node, path = config, flag[len('--config.') :].split('.')
     for i, part in enumerate(path):
       if not hasattr(node, 'keys') or part not in node:
         parent = '.'.join(['config'] + path[:i])
         valid = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '-'
-        return (f'{flag}: {parent} has no key {part!r}; valid: {valid}. '
-                'New keys go in the config file.')
+        return (
+            f'{flag}: {parent} has no key {part!r}; valid: {valid}. '
+            'New keys go in the config file.'
+        )
       node = node[part]
   if isinstance(exc, flags.Error):
     first = str(exc).strip().splitlines()[0].rstrip('.')
@@ -178,12 +204,17 @@ def _override_error(argv, exc):
 
 def define_flags(argv):
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
-  flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                    'train: train (resuming if possible), then evaluate; '
-                    'eval: evaluate the latest checkpoint in --workdir.')
+  flags.DEFINE_enum(
+      'mode',
+      'train',
+      ['train', 'eval'],
+      'train: train (resuming if possible), then evaluate; '
+      'eval: evaluate the latest checkpoint in --workdir.',
+  )
   try:  # without --config, ml_collections applies the overrides right here
-    config_flags.DEFINE_config_file('config', DEFAULT_CONFIG,
-                                    'Experiment config file.', lock_config=True)
+    config_flags.DEFINE_config_file(
+        'config', DEFAULT_CONFIG, 'Experiment config file.', lock_config=True
+    )
   except Exception as e:  # pylint: disable=broad-except
     _fail(_override_error(argv, e))
   flags.mark_flags_as_required(['workdir'])
@@ -221,8 +252,9 @@ def parse_flags(argv):
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}. Pass --help for '
-          'usage.')
+    _fail(
+        f'unexpected arguments: {" ".join(argv[1:])}. Pass --help for ' 'usage.'
+    )
   try:  # before JAX starts, and before anything is created
     rundir.check_workdir(flags.FLAGS.workdir, flags.FLAGS.mode)
   except ConfigError as e:
@@ -232,6 +264,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # Imported here so --help answers without initializing JAX.
   from jaxadv import cli  # pylint: disable=g-import-not-at-top
+
   sys.exit(cli.run(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.mode))
 
 

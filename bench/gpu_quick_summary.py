@@ -20,6 +20,7 @@ Stage keys: meta, throughput (bench/throughput.py's JSON), peer_throughput
 and peer_c10_fast (torch_fgsm_bench.py's JSON), c10_fast, c10_standard and
 mnist_pgd (main.py's results.json).
 """
+
 import argparse
 import json
 import os
@@ -87,10 +88,18 @@ def _load(path):
 # summarize: one row per figure
 
 
-def row(stage, jaxadv='-', peer='-', ratio='-', target='-', status='n/a',
-        note=''):
-  return dict(stage=stage, jaxadv=jaxadv, peer=peer, ratio=ratio,
-              target=target, status=status, note=note)
+def row(
+    stage, jaxadv='-', peer='-', ratio='-', target='-', status='n/a', note=''
+):
+  return dict(
+      stage=stage,
+      jaxadv=jaxadv,
+      peer=peer,
+      ratio=ratio,
+      target=target,
+      status=status,
+      note=note,
+  )
 
 
 def met(ok):
@@ -139,8 +148,9 @@ def throughput_rows(stages):
     if tflops is not None:
       fig += f', {tflops:.3g} TFLOP/s, MFU {mfu}'
     if method not in PEER_MODE:
-      rows.append(row(f'step {label}', fig, status='info',
-                      note='no peer counterpart'))
+      rows.append(
+          row(f'step {label}', fig, status='info', note='no peer counterpart')
+      )
       continue
     mode = PEER_MODE[method]
     if mode == 'pgd':  # the peer names it pgd<K>
@@ -148,17 +158,30 @@ def throughput_rows(stages):
     p = peer_rows.get(mode)
     target = f'>= {STEP_RATIO_TARGET:g}x peer'
     if p is None:
-      rows.append(row(f'step {label}', fig, target=target,
-                      status=why_peer or f'peer has no {mode}'))
+      rows.append(
+          row(
+              f'step {label}',
+              fig,
+              target=target,
+              status=why_peer or f'peer has no {mode}',
+          )
+      )
       continue
     ratio = r['images_per_s'] / p['images_per_s']
     note = ''
     if method == 'pgd' and mode != f'pgd{r["method"].get("steps")}':
       note = f'K differs: jaxadv {r["method"].get("steps")}, peer {mode}'
-    rows.append(row(f'step {label}', fig,
-                    f'{rate(p["images_per_s"])} img/s ({mode})',
-                    f'{ratio:.2f}x', target,
-                    met(ratio >= STEP_RATIO_TARGET), note))
+    rows.append(
+        row(
+            f'step {label}',
+            fig,
+            f'{rate(p["images_per_s"])} img/s ({mode})',
+            f'{ratio:.2f}x',
+            target,
+            met(ratio >= STEP_RATIO_TARGET),
+            note,
+        )
+    )
   return rows
 
 
@@ -175,8 +198,14 @@ def _method_label(method, r):
 
 def robust_record(result):
   """The run's PGD record (the first robust record that is not clean)."""
-  return next((x for x in result.get('robust', [])
-               if x.get('attack', x.get('name', '')) != 'clean'), None)
+  return next(
+      (
+          x
+          for x in result.get('robust', [])
+          if x.get('attack', x.get('name', '')) != 'clean'
+      ),
+      None,
+  )
 
 
 def attack_label(rec):
@@ -204,35 +233,62 @@ def c10_fast_rows(stages):
     return met(value >= floor)
 
   rows = [
-      row('cifar10_fast clean (test split)', pct(clean), pct(peer_clean),
+      row(
+          'cifar10_fast clean (test split)',
+          pct(clean),
+          pct(peer_clean),
           target=f'>= {pct(C10_FAST_CLEAN)}',
-          status=status(clean, C10_FAST_CLEAN), note=_early_stop_note(jr)),
-      row(f'cifar10_fast {attack_label(rec)}', pct(robust), pct(peer_robust),
+          status=status(clean, C10_FAST_CLEAN),
+          note=_early_stop_note(jr),
+      ),
+      row(
+          f'cifar10_fast {attack_label(rec)}',
+          pct(robust),
+          pct(peer_robust),
           target=f'>= {pct(C10_FAST_ROBUST)}',
           status=status(robust, C10_FAST_ROBUST),
-          note=(f'peer: PGD-{pr["pgd_steps"]}x{pr["restarts"]} on '
-                f'{pr["pgd_eval_n"]} ex' if pr else why_peer)),
+          note=(
+              f'peer: PGD-{pr["pgd_steps"]}x{pr["restarts"]} on '
+              f'{pr["pgd_eval_n"]} ex'
+              if pr
+              else why_peer
+          ),
+      ),
   ]
   wall = jr.get('wall_time_s') if jr else None
   peer_wall = pr['train_s'] if pr else None
   target = f'<= 1/{1 / C10_FAST_WALL_RATIO:g} of peer'
   if wall is None or peer_wall is None or why_jax:
-    rows.append(row('cifar10_fast training wall time',
-                    f'{wall:.1f} s' if wall else '-',
-                    f'{peer_wall:.1f} s' if peer_wall else '-', target=target,
-                    status=why_jax or why_peer))
+    rows.append(
+        row(
+            'cifar10_fast training wall time',
+            f'{wall:.1f} s' if wall else '-',
+            f'{peer_wall:.1f} s' if peer_wall else '-',
+            target=target,
+            status=why_jax or why_peer,
+        )
+    )
   else:
     ratio = wall / peer_wall
     steady = ''
     if jr.get('images_per_s') and jr.get('train_images'):
-      steady = (f'; steady {rate(jr["images_per_s"])} img/s = '
-                f'{jr["train_images"] / jr["images_per_s"]:.1f} s of steps')
-    rows.append(row('cifar10_fast training wall time', f'{wall:.1f} s',
-                    f'{peer_wall:.1f} s', f'{ratio:.2f}', target,
-                    met(ratio <= C10_FAST_WALL_RATIO),
-                    'jaxadv: data load, compile, checkpoints, monitor, clean '
-                    'evals included; peer: compile included, data load '
-                    f'excluded{steady}'))
+      steady = (
+          f'; steady {rate(jr["images_per_s"])} img/s = '
+          f'{jr["train_images"] / jr["images_per_s"]:.1f} s of steps'
+      )
+    rows.append(
+        row(
+            'cifar10_fast training wall time',
+            f'{wall:.1f} s',
+            f'{peer_wall:.1f} s',
+            f'{ratio:.2f}',
+            target,
+            met(ratio <= C10_FAST_WALL_RATIO),
+            'jaxadv: data load, compile, checkpoints, monitor, clean '
+            'evals included; peer: compile included, data load '
+            f'excluded{steady}',
+        )
+    )
   return rows
 
 
@@ -246,8 +302,12 @@ def eval_speed_row(stages):
   """PGD eval images/s against the FGSM-RS training step's."""
   jr = (stages.get('c10_fast') or {}).get('result')
   rec = robust_record(jr) if jr else None
-  fast = ((stages.get('throughput') or {}).get('result', {})
-          .get('methods', {}).get('fast'))
+  fast = (
+      (stages.get('throughput') or {})
+      .get('result', {})
+      .get('methods', {})
+      .get('fast')
+  )
   name = f'eval {attack_label(rec)} vs FGSM-RS step'
   if rec is None or fast is None or not rec.get('seconds'):
     return row(name, status='no figures (needs throughput and c10_fast)')
@@ -256,26 +316,41 @@ def eval_speed_row(stages):
   per_restart = fast['images_per_s'] / eval_ips / restarts
   ideal = steps / 2
   peer = '-'
-  pt = ((stages.get('peer_c10_fast') or {}).get('result', {}).get('train'))
-  peer_fast = ((stages.get('peer_throughput') or {}).get('result', {})
-               .get('throughput', {}).get('fgsm_rs'))
+  pt = (stages.get('peer_c10_fast') or {}).get('result', {}).get('train')
+  peer_fast = (
+      (stages.get('peer_throughput') or {})
+      .get('result', {})
+      .get('throughput', {})
+      .get('fgsm_rs')
+  )
   if pt and peer_fast and pt.get('eval_s'):
     peer_eval_ips = pt['pgd_eval_n'] / pt['eval_s']
-    peer = (f'{rate(peer_eval_ips)} img/s, '
-            f'{peer_fast["images_per_s"] / peer_eval_ips / pt["restarts"]:.1f}'
-            ' per restart')
-  ok = ideal / EVAL_RATIO_TOLERANCE <= per_restart <= (ideal *
-                                                        EVAL_RATIO_TOLERANCE)
-  return row(name, f'{rate(eval_ips)} img/s ({rec.get("dtype", "?")})', peer,
-             f'{per_restart:.1f} per restart',
-             f'~{ideal:g} per restart (within {EVAL_RATIO_TOLERANCE:g}x)',
-             met(ok), 'eval seconds include its compile, in eval dtype; the '
-             'FGSM-RS step is the throughput stage\'s (its dtype and batch); '
-             'peer eval_s includes a clean pass over the test split')
+    peer = (
+        f'{rate(peer_eval_ips)} img/s, '
+        f'{peer_fast["images_per_s"] / peer_eval_ips / pt["restarts"]:.1f}'
+        ' per restart'
+    )
+  ok = (
+      ideal / EVAL_RATIO_TOLERANCE
+      <= per_restart
+      <= (ideal * EVAL_RATIO_TOLERANCE)
+  )
+  return row(
+      name,
+      f'{rate(eval_ips)} img/s ({rec.get("dtype", "?")})',
+      peer,
+      f'{per_restart:.1f} per restart',
+      f'~{ideal:g} per restart (within {EVAL_RATIO_TOLERANCE:g}x)',
+      met(ok),
+      'eval seconds include its compile, in eval dtype; the '
+      "FGSM-RS step is the throughput stage's (its dtype and batch); "
+      'peer eval_s includes a clean pass over the test split',
+  )
 
 
-def run_rows(stages, key, label, clean_floor, robust_floor=None,
-             full_epochs=None):
+def run_rows(
+    stages, key, label, clean_floor, robust_floor=None, full_epochs=None
+):
   """Rows of a jaxadv-only run (cifar10_standard, mnist_pgd)."""
   entry = stages.get(key)
   why = absent(entry)
@@ -284,8 +359,11 @@ def run_rows(stages, key, label, clean_floor, robust_floor=None,
   r = entry['result']
   epochs = r.get('config', {}).get('num_epochs')
   shortened = full_epochs is not None and epochs != full_epochs
-  note = (f'{epochs} of {full_epochs} epochs: targets are for the full run'
-          if shortened else _early_stop_note(r))
+  note = (
+      f'{epochs} of {full_epochs} epochs: targets are for the full run'
+      if shortened
+      else _early_stop_note(r)
+  )
 
   def status(value, floor):
     if value is None:
@@ -293,35 +371,52 @@ def run_rows(stages, key, label, clean_floor, robust_floor=None,
     return 'info' if shortened else met(value >= floor)
 
   clean = r.get('test_accuracy')
-  rows = [row(f'{label} clean', pct(clean),
-              target=f'>= {pct(clean_floor)}',
-              status=status(clean, clean_floor),
-              note=f'{note}; train wall {r.get("wall_time_s", 0):.1f} s'
-              .lstrip('; '))]
+  rows = [
+      row(
+          f'{label} clean',
+          pct(clean),
+          target=f'>= {pct(clean_floor)}',
+          status=status(clean, clean_floor),
+          note=f'{note}; train wall {r.get("wall_time_s", 0):.1f} s'.lstrip(
+              '; '
+          ),
+      )
+  ]
   if robust_floor is not None:
     rec = robust_record(r)
-    rows.append(row(f'{label} {attack_label(rec)}',
-                    pct(rec['accuracy'] if rec else None),
-                    target=f'>= {pct(robust_floor)}',
-                    status=status(rec['accuracy'] if rec else None,
-                                  robust_floor),
-                    note=note))
+    rows.append(
+        row(
+            f'{label} {attack_label(rec)}',
+            pct(rec['accuracy'] if rec else None),
+            target=f'>= {pct(robust_floor)}',
+            status=status(rec['accuracy'] if rec else None, robust_floor),
+            note=note,
+        )
+    )
   return rows
 
 
 def build_rows(stages):
-  return (throughput_rows(stages) + c10_fast_rows(stages) +
-          [eval_speed_row(stages)] +
-          run_rows(stages, 'c10_standard', 'cifar10_standard',
-                   C10_STANDARD_CLEAN) +
-          run_rows(stages, 'mnist_pgd', 'mnist_pgd', MNIST_PGD_CLEAN,
-                   MNIST_PGD_ROBUST, MNIST_PGD_EPOCHS))
+  return (
+      throughput_rows(stages)
+      + c10_fast_rows(stages)
+      + [eval_speed_row(stages)]
+      + run_rows(stages, 'c10_standard', 'cifar10_standard', C10_STANDARD_CLEAN)
+      + run_rows(
+          stages,
+          'mnist_pgd',
+          'mnist_pgd',
+          MNIST_PGD_CLEAN,
+          MNIST_PGD_ROBUST,
+          MNIST_PGD_EPOCHS,
+      )
+  )
 
 
 def meta_of(stages):
   meta = dict(stages.get('meta', {}))
   meta.pop('result', None)
-  peer = (stages.get('peer_throughput') or stages.get('peer_c10_fast') or {})
+  peer = stages.get('peer_throughput') or stages.get('peer_c10_fast') or {}
   if 'torch' in peer.get('result', {}):
     meta.setdefault('torch', peer['result']['torch'])
   return meta
@@ -335,11 +430,16 @@ def markdown(rows, meta, stages):
   for k in ('device', 'jax', 'torch', 'date', 'git', 'budget_s'):
     if k in meta:
       lines.append(f'- {k}: {meta[k]}')
-  lines += ['', '| stage | jaxadv | peer | ratio | target | status |',
-            '|---|---|---|---|---|---|']
+  lines += [
+      '',
+      '| stage | jaxadv | peer | ratio | target | status |',
+      '|---|---|---|---|---|---|',
+  ]
   for r in rows:
-    lines.append(f'| {r["stage"]} | {r["jaxadv"]} | {r["peer"]} | '
-                 f'{r["ratio"]} | {r["target"]} | {r["status"]} |')
+    lines.append(
+        f'| {r["stage"]} | {r["jaxadv"]} | {r["peer"]} | '
+        f'{r["ratio"]} | {r["target"]} | {r["status"]} |'
+    )
   notes = [f'- {r["stage"]}: {r["note"]}' for r in rows if r['note']]
   if notes:
     lines += ['', 'Notes:'] + notes
@@ -366,9 +466,15 @@ def summarize(args):
   os.makedirs(args.out_dir, exist_ok=True)
   with open(os.path.join(args.out_dir, 'summary.md'), 'w') as f:
     f.write(text)
-  commands = {k: {n: e.get(n) for n in ('command', 'wall_s', 'exit_code',
-                                         'skipped') if n in e}
-              for k, e in stages.items() if k != 'meta'}
+  commands = {
+      k: {
+          n: e.get(n)
+          for n in ('command', 'wall_s', 'exit_code', 'skipped')
+          if n in e
+      }
+      for k, e in stages.items()
+      if k != 'meta'
+  }
   with open(os.path.join(args.out_dir, 'summary.json'), 'w') as f:
     json.dump({'meta': meta, 'rows': rows, 'stages': commands}, f, indent=1)
   print(text, end='')

@@ -11,6 +11,7 @@ step measured in the same run (expected about: free 1 per replay, fast 2,
 pgd-K K+1), XLA's FLOP count per image and the achieved TFLOP/s, and writes
 the figures as JSON.
 """
+
 import json
 import os
 import sys
@@ -30,16 +31,20 @@ from jaxadv import data
 from jaxadv import parallel
 from jaxadv import steps as steps_lib
 
-config_flags.DEFINE_config_file('config', None, 'Experiment config.',
-                                lock_config=False)
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config.', lock_config=False
+)
 flags.DEFINE_string('methods', 'standard,fast,free,pgd', 'Methods to time.')
-flags.DEFINE_integer('batch_size', 0, 'Global batch (0 = the config\'s).')
+flags.DEFINE_integer('batch_size', 0, "Global batch (0 = the config's).")
 flags.DEFINE_integer('steps', 20, 'Timed steps per method (after warm-up).')
 flags.DEFINE_integer('pgd_steps', 7, 'K for pgd when the config has none.')
 flags.DEFINE_integer('free_replays', 8, 'm for free when the config has none.')
 flags.DEFINE_string('out', 'bench/out/throughput.json', 'JSON output path.')
-flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s for MFU (0 = by device '
-                   'kind, see PEAK_TFLOPS).')
+flags.DEFINE_float(
+    'peak_tflops',
+    0.0,
+    'Peak TFLOP/s for MFU (0 = by device ' 'kind, see PEAK_TFLOPS).',
+)
 flags.mark_flags_as_required(['config'])
 FLAGS = flags.FLAGS
 
@@ -69,16 +74,29 @@ def fake_dataset(config, n):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n,) + info.image_shape, dtype=np.uint8)
   labels = rng.integers(0, info.num_classes, (n,), dtype=np.int32)
-  return data.Dataset(name=config.data.name, train_images=images,
-                      train_labels=labels, test_images=images[:8],
-                      test_labels=labels[:8], num_classes=info.num_classes,
-                      mean=info.mean, std=info.std, augment=info.augment)
+  return data.Dataset(
+      name=config.data.name,
+      train_images=images,
+      train_labels=labels,
+      test_images=images[:8],
+      test_labels=labels[:8],
+      num_classes=info.num_classes,
+      mean=info.mean,
+      std=info.std,
+      augment=info.augment,
+  )
 
 
 # Peak dense bf16 tensor-core rates (TFLOP/s) for MFU, by device_kind prefix;
 # --peak_tflops overrides (the issue's measured H100 matmul rate is ~800).
-PEAK_TFLOPS = {'NVIDIA H100': 989.4, 'NVIDIA H200': 989.4, 'NVIDIA A100': 312.0,
-               'TPU v4': 275.0, 'TPU v5e': 197.0, 'TPU v5p': 459.0}
+PEAK_TFLOPS = {
+    'NVIDIA H100': 989.4,
+    'NVIDIA H200': 989.4,
+    'NVIDIA A100': 312.0,
+    'TPU v4': 275.0,
+    'TPU v5e': 197.0,
+    'TPU v5p': 459.0,
+}
 
 
 def peak_tflops(device_kind):
@@ -99,10 +117,13 @@ def _xla_flops(lowered):
 def attack_grad_flops(state, image_shape, batch):
   """XLA FLOPs of one attack gradient (forward + input backward, inference
   BatchNorm) on `batch` images: the unit of PGD/FGSM cost."""
+
   def grad(x, y):
     f = state.logits_fn()
-    return jax.grad(lambda x: jax.nn.log_softmax(f(x))[
-        jax.numpy.arange(batch), y].sum())(x)
+    return jax.grad(
+        lambda x: jax.nn.log_softmax(f(x))[jax.numpy.arange(batch), y].sum()
+    )(x)
+
   x = jax.ShapeDtypeStruct((batch,) + image_shape, jax.numpy.float32)
   y = jax.ShapeDtypeStruct((batch,), jax.numpy.int32)
   return _xla_flops(jax.jit(grad).lower(x, y))
@@ -113,7 +134,8 @@ def attack_grads_per_image(config):
   counted as updates, each one forward/backward)."""
   m = config.method
   return {'standard': 0, 'free': 0, 'fast': 1}.get(
-      m.name, m.get('steps', 0) if m.name == 'pgd' else 0)
+      m.name, m.get('steps', 0) if m.name == 'pgd' else 0
+  )
 
 
 def time_method(config, ds, mesh, steps):
@@ -129,14 +151,15 @@ def time_method(config, ds, mesh, steps):
   b = config.batch_size
   batch = P(None, parallel.AXIS)
   if on_device:
-    resident = parallel.put_global((ds.train_images, ds.train_labels), mesh,
-                                   (P(), P()))
+    resident = parallel.put_global(
+        (ds.train_images, ds.train_labels), mesh, (P(), P())
+    )
     index = np.arange(spc * b, dtype=np.int32).reshape(spc, b)
     args = (*resident, parallel.put_local_batch(index, mesh, batch))
     one = (*resident, parallel.put_local_batch(index[:1], mesh, batch))
   else:
-    images = ds.train_images[:spc * b].reshape((spc, b) + ds.image_shape)
-    labels = ds.train_labels[:spc * b].reshape((spc, b))
+    images = ds.train_images[: spc * b].reshape((spc, b) + ds.image_shape)
+    labels = ds.train_labels[: spc * b].reshape((spc, b))
     args = parallel.put_local_batch((images, labels), mesh, batch)
     one = parallel.put_local_batch((images[:1], labels[:1]), mesh, batch)
   state = s.state
@@ -153,14 +176,16 @@ def time_method(config, ds, mesh, steps):
   jax.block_until_ready((state, m))
   seconds = time.perf_counter() - t0
   images_done = calls * spc * b
-  return {'images_per_s': images_done / seconds,
-          'seconds_per_step': seconds / (calls * spc),
-          'data_feed': 'device' if on_device else 'host',
-          # XLA's count: a PGD attack loop inside the step counted once.
-          'xla_flops_per_image': flops / local_b,
-          'xla_tflops_per_s': flops / local_b * images_done / seconds / 1e12,
-          'updates_per_step': s.updates_per_batch,
-          'attack_grads_per_image': attack_grads_per_image(config)}
+  return {
+      'images_per_s': images_done / seconds,
+      'seconds_per_step': seconds / (calls * spc),
+      'data_feed': 'device' if on_device else 'host',
+      # XLA's count: a PGD attack loop inside the step counted once.
+      'xla_flops_per_image': flops / local_b,
+      'xla_tflops_per_s': flops / local_b * images_done / seconds / 1e12,
+      'updates_per_step': s.updates_per_batch,
+      'attack_grads_per_image': attack_grads_per_image(config),
+  }
 
 
 def main(argv):
@@ -184,8 +209,9 @@ def main(argv):
   local_b = base.batch_size // jax.device_count()
   state0 = build.setup(method_config(base, 'standard'), ds, mesh).state
   grad_flops = attack_grad_flops(state0, ds.image_shape, local_b) / local_b
-  std_flops = (rows['standard']['xla_flops_per_image'] if 'standard' in rows
-               else None)
+  std_flops = (
+      rows['standard']['xla_flops_per_image'] if 'standard' in rows else None
+  )
   peak = peak_tflops(jax.devices()[0].device_kind)
   total_peak = peak * jax.device_count() if peak else None  # images/s: all
   for r in rows.values():
@@ -194,38 +220,56 @@ def main(argv):
       r['cost_ratio_per_update'] = r['cost_ratio'] / r['updates_per_step']
     r['attack_grad_flops_per_image'] = grad_flops
     if std_flops:
-      r['model_flops_per_image'] = (r['updates_per_step'] * std_flops +
-                                    r['attack_grads_per_image'] * grad_flops)
-      r['model_tflops_per_s'] = (r['model_flops_per_image'] *
-                                 r['images_per_s'] / 1e12)
-      r['mfu'] = (r['model_tflops_per_s'] / total_peak if total_peak
-                  else None)
-  out = {'config': base.data.name + '/' + base.model.name,
-         'device': jax.devices()[0].device_kind,
-         'num_devices': jax.device_count(), 'batch_size': base.batch_size,
-         'dtype': base.dtype, 'steps_per_call': base.steps_per_call,
-         'peak_tflops': peak,
-         'date': time.strftime('%Y-%m-%d'), 'methods': rows}
+      r['model_flops_per_image'] = (
+          r['updates_per_step'] * std_flops
+          + r['attack_grads_per_image'] * grad_flops
+      )
+      r['model_tflops_per_s'] = (
+          r['model_flops_per_image'] * r['images_per_s'] / 1e12
+      )
+      r['mfu'] = r['model_tflops_per_s'] / total_peak if total_peak else None
+  out = {
+      'config': base.data.name + '/' + base.model.name,
+      'device': jax.devices()[0].device_kind,
+      'num_devices': jax.device_count(),
+      'batch_size': base.batch_size,
+      'dtype': base.dtype,
+      'steps_per_call': base.steps_per_call,
+      'peak_tflops': peak,
+      'date': time.strftime('%Y-%m-%d'),
+      'methods': rows,
+  }
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
   with open(FLAGS.out, 'w') as f:
     json.dump(out, f, indent=2)
-  print(f'\n{out["config"]} on {out["num_devices"]} x {out["device"]}, '
-        f'batch {base.batch_size}, {base.dtype}')
-  print('| method | images/s | cost ratio vs standard | per update | '
-        'model GFLOP/image | model TFLOP/s | MFU |')
+  print(
+      f'\n{out["config"]} on {out["num_devices"]} x {out["device"]}, '
+      f'batch {base.batch_size}, {base.dtype}'
+  )
+  print(
+      '| method | images/s | cost ratio vs standard | per update | '
+      'model GFLOP/image | model TFLOP/s | MFU |'
+  )
   print('|---|---|---|---|---|---|---|')
   for name, r in rows.items():
     ratio = f'{r["cost_ratio"]:.2f}' if r['cost_ratio'] else '-'
-    per = (f'{r["cost_ratio_per_update"]:.2f}'
-           if r.get('cost_ratio_per_update') else '-')
+    per = (
+        f'{r["cost_ratio_per_update"]:.2f}'
+        if r.get('cost_ratio_per_update')
+        else '-'
+    )
     mf = r.get('model_flops_per_image')
     mfu = f'{100 * r["mfu"]:.1f}%' if r.get('mfu') else '-'
-    print(f'| {name} {r["method"]} | {r["images_per_s"]:.1f} | {ratio} | '
-          f'{per} | {mf / 1e9 if mf else float("nan"):.3f} | '
-          f'{r.get("model_tflops_per_s", float("nan")):.3f} | {mfu} |')
-  print(f'(model FLOPs: XLA\'s count of the standard step per update plus '
-        f'{grad_flops / 1e9:.3f} GFLOP per attack gradient; MFU against '
-        f'{peak or "no known"} TFLOP/s peak)')
+    print(
+        f'| {name} {r["method"]} | {r["images_per_s"]:.1f} | {ratio} | '
+        f'{per} | {mf / 1e9 if mf else float("nan"):.3f} | '
+        f'{r.get("model_tflops_per_s", float("nan")):.3f} | {mfu} |'
+    )
+  print(
+      f"(model FLOPs: XLA's count of the standard step per update plus "
+      f'{grad_flops / 1e9:.3f} GFLOP per attack gradient; MFU against '
+      f'{peak or "no known"} TFLOP/s peak)'
+  )
   print(f'wrote {FLAGS.out}')
 
 

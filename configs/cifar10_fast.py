@@ -11,6 +11,7 @@ monitor (their early stopping) runs PGD-10 on a training minibatch each epoch.
 Expected on the shared (JPEG) CIFAR-10: clean >= 76%, PGD-50 with 10 restarts
 (step 2/255) >= 43% (Wong et al.: 83.8% / 46.1% on the PNG data).
 """
+
 from configs import default
 
 
@@ -39,7 +40,8 @@ def get_config():
   c.eval_every = 5
   c.monitor.attack = 'pgd(norm=linf, eps=method, steps=10, step_size=2/255)'
   c.monitor.max_drop = 0.2
-  c.eval.attacks = ('pgd(norm=linf, eps=method, steps=50, step_size=2/255, '
-                    'restarts=10)',)
+  c.eval.attacks = (
+      'pgd(norm=linf, eps=method, steps=50, step_size=2/255, ' 'restarts=10)',
+  )
   c.eval.at_end = True
   return c

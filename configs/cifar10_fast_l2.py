@@ -16,6 +16,7 @@ Expected: the paper gives only curves (Fig. 2, not in the text copy), so
 these are estimates to confirm by a run: clean >= 70%, PGD-20x10 (L2,
 eps = 1.0) >= 30%, a few points under the 7-step model at eps = 1.0.
 """
+
 import ml_collections
 
 from configs import cifar10_fast
@@ -25,9 +26,16 @@ EPS = 1.0
 
 def get_config():
   c = cifar10_fast.get_config()
-  c.method = ml_collections.ConfigDict(dict(
-      name='fast', eps=EPS, step_size=1.5 * EPS, norm='l2',
-      clean_weight=0.0, attack_bn='train'))
+  c.method = ml_collections.ConfigDict(
+      dict(
+          name='fast',
+          eps=EPS,
+          step_size=1.5 * EPS,
+          norm='l2',
+          clean_weight=0.0,
+          attack_bn='train',
+      )
+  )
   c.monitor.attack = 'pgd(norm=l2, eps=method, steps=10)'
   c.eval.attacks = ('pgd(norm=l2, eps=method, steps=20, restarts=10)',)
   return c

@@ -12,6 +12,7 @@ Shafahi et al. report 46.8% PGD-20 for WRN-32-10 after 80k iterations.
 Expected on the shared (JPEG) CIFAR-10: PGD-50 with 10 restarts (step 2/255)
 >= 42%.
 """
+
 import ml_collections
 
 from configs import cifar10_fast
@@ -19,8 +20,9 @@ from configs import cifar10_fast
 
 def get_config():
   c = cifar10_fast.get_config()
-  c.method = ml_collections.ConfigDict(dict(
-      name='free', eps=8 / 255, replays=8, step_size=8 / 255))
+  c.method = ml_collections.ConfigDict(
+      dict(name='free', eps=8 / 255, replays=8, step_size=8 / 255)
+  )
   c.optim.lr = 0.04
   c.num_epochs = 10
   c.monitor.attack = ''

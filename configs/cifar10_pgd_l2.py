@@ -12,6 +12,7 @@ Expected: the paper gives only curves (Fig. 2, not in the text copy), so
 these are estimates to confirm by a run: clean >= 70%, PGD-20x10 (L2,
 eps = 1.0) >= 35%.
 """
+
 import ml_collections
 
 from configs import cifar10_fast_l2
@@ -21,8 +22,17 @@ EPS, STEPS = 1.0, 7
 
 def get_config():
   c = cifar10_fast_l2.get_config()
-  c.method = ml_collections.ConfigDict(dict(
-      name='pgd', eps=EPS, steps=STEPS, step_size=2.5 * EPS / STEPS,
-      norm='l2', random_start=True, clean_weight=0.0, attack_bn='train'))
+  c.method = ml_collections.ConfigDict(
+      dict(
+          name='pgd',
+          eps=EPS,
+          steps=STEPS,
+          step_size=2.5 * EPS / STEPS,
+          norm='l2',
+          random_start=True,
+          clean_weight=0.0,
+          attack_bn='train',
+      )
+  )
   c.monitor.attack = ''
   return c

@@ -5,6 +5,7 @@
 Expected on one H100: >= 90% clean test accuracy in 30 epochs (the shared copy
 is JPEG-encoded; a strong PyTorch implementation gets 90.2% in 132 s).
 """
+
 from configs import default
 
 

@@ -5,32 +5,49 @@ they change. Run any of them with
 
   python main.py --config configs/<name>.py --workdir runs/<name> [--config.key=value ...]
 """
+
 import ml_collections
 
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.seed = 0                      # one seed for init, data order, augmentation and attacks
+  c.seed = 0  # one seed for init, data order, augmentation and attacks
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'mnist'           # mnist | cifar10 (offline files or TFDS) | any TFDS name
-  c.data.data_dir = ''            # '' = $JAXADV_DATA_DIR, else ../shared/data if present, else TFDS
-  c.data.cache_dir = ''           # '' = <repo>/.cache (decoded CIFAR-10 arrays)
-  c.data.train_fraction = 1.0     # class-balanced seeded subset of the train split (GREAT: 0.05)
-  c.data.num_train_examples = 0   # >0: class-balanced seeded subset of exactly this many
-  c.data.num_test_examples = 0    # >0: seeded random test subset (smoke runs only)
-  c.data.feed = 'auto'            # auto | device (whole train split on every device, batches gathered there) | host
-  c.data.augment = 'auto'         # auto (crop+flip for 32x32 colour, none otherwise) | crop_flip | flip | none
+  c.data.name = (
+      'mnist'  # mnist | cifar10 (offline files or TFDS) | any TFDS name
+  )
+  c.data.data_dir = (
+      ''  # '' = $JAXADV_DATA_DIR, else ../shared/data if present, else TFDS
+  )
+  c.data.cache_dir = ''  # '' = <repo>/.cache (decoded CIFAR-10 arrays)
+  c.data.train_fraction = (
+      1.0  # class-balanced seeded subset of the train split (GREAT: 0.05)
+  )
+  c.data.num_train_examples = (
+      0  # >0: class-balanced seeded subset of exactly this many
+  )
+  c.data.num_test_examples = (
+      0  # >0: seeded random test subset (smoke runs only)
+  )
+  c.data.feed = 'auto'  # auto | device (whole train split on every device, batches gathered there) | host
+  c.data.augment = 'auto'  # auto (crop+flip for 32x32 colour, none otherwise) | crop_flip | flip | none
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'mnist_cnn'      # see jaxadv.models.MODELS
-  c.model.normalize = True        # (x - dataset mean) / std as the model's first op (False: raw [0, 1] pixels)
-  c.model.activation = 'relu'     # relu | leaky_relu | swish | gelu | softplus
-  c.model.dual_bn = False         # a second BatchNorm set for adversarial inputs (AdvProp)
-  c.model.kwargs = ml_collections.ConfigDict()  # model-specific: depth, width, stem, in_channels
+  c.model.name = 'mnist_cnn'  # see jaxadv.models.MODELS
+  c.model.normalize = True  # (x - dataset mean) / std as the model's first op (False: raw [0, 1] pixels)
+  c.model.activation = 'relu'  # relu | leaky_relu | swish | gelu | softplus
+  c.model.dual_bn = (
+      False  # a second BatchNorm set for adversarial inputs (AdvProp)
+  )
+  c.model.kwargs = (
+      ml_collections.ConfigDict()
+  )  # model-specific: depth, width, stem, in_channels
 
   c.method = ml_collections.ConfigDict()
-  c.method.name = 'standard'      # see jaxadv.methods.METHODS; method keys live beside the name
+  c.method.name = (
+      'standard'  # see jaxadv.methods.METHODS; method keys live beside the name
+  )
   # Method keys (set beside the name in an experiment config; a key a method
   # does not know is an error). Defaults in brackets.
   # standard: none.
@@ -49,55 +66,74 @@ def get_config():
   #       aux_optim [Adam, lr 1e-3, schedule 'poly' 0.9; keys as c.optim]
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = 'sgd'            # sgd | adam | adamw
-  c.optim.lr = 0.1                # peak learning rate
-  c.optim.momentum = 0.9          # sgd momentum (0 = plain SGD)
-  c.optim.nesterov = False        # sgd Nesterov momentum
-  c.optim.weight_decay = 5e-4     # sgd: L2 added to the gradient; adamw: decoupled
-  c.optim.b1 = 0.9                # adam/adamw
-  c.optim.b2 = 0.999              # adam/adamw
-  c.optim.schedule = 'constant'   # constant | piecewise | cosine | onecycle | poly
-  c.optim.warmup_epochs = 0.0     # linear warm-up (constant, piecewise, cosine)
-  c.optim.boundaries = (0.5, 0.75)  # piecewise: fractions of training where lr is scaled
-  c.optim.scales = (0.1, 0.1)     # piecewise: multiplier applied at each boundary
-  c.optim.onecycle_peak = 0.4     # onecycle: fraction of training spent rising to the peak
-  c.optim.poly_power = 0.9        # poly: lr * (1 - epoch/num_epochs) ** power (GREAT)
-  c.optim.grad_clip = 0.0         # >0: clip the global gradient norm
+  c.optim.name = 'sgd'  # sgd | adam | adamw
+  c.optim.lr = 0.1  # peak learning rate
+  c.optim.momentum = 0.9  # sgd momentum (0 = plain SGD)
+  c.optim.nesterov = False  # sgd Nesterov momentum
+  c.optim.weight_decay = 5e-4  # sgd: L2 added to the gradient; adamw: decoupled
+  c.optim.b1 = 0.9  # adam/adamw
+  c.optim.b2 = 0.999  # adam/adamw
+  c.optim.schedule = (
+      'constant'  # constant | piecewise | cosine | onecycle | poly
+  )
+  c.optim.warmup_epochs = 0.0  # linear warm-up (constant, piecewise, cosine)
+  c.optim.boundaries = (
+      0.5,
+      0.75,
+  )  # piecewise: fractions of training where lr is scaled
+  c.optim.scales = (0.1, 0.1)  # piecewise: multiplier applied at each boundary
+  c.optim.onecycle_peak = (
+      0.4  # onecycle: fraction of training spent rising to the peak
+  )
+  c.optim.poly_power = 0.9  # poly: lr * (1 - epoch/num_epochs) ** power (GREAT)
+  c.optim.grad_clip = 0.0  # >0: clip the global gradient norm
   # Parameter groups: name -> ConfigDict(pattern=regex on 'module/.../param'
   # paths, lr_scale=1.0, weight_decay=None (= optim's), frozen=False); a
   # parameter takes the first matching group, else the plain optimizer.
   c.optim.groups = ml_collections.ConfigDict()
 
-  c.num_epochs = 2                # passes over the train split (Free makes m updates per batch)
-  c.batch_size = 128              # global batch, split over all devices
-  c.eval_batch_size = 1024        # global eval batch (last one padded and masked)
-  c.dtype = 'float32'             # compute dtype: float32 | bfloat16 (params stay float32)
-  c.sync_bn = True                # BatchNorm batch statistics over the global batch (else per device)
-  c.steps_per_call = 0            # train steps fused into one jit call (lax.scan); 0 = auto: 1 on CPU, 10 on GPU/TPU
-  c.log_every = 100               # steps between metric fetches (no host sync in between)
-  c.eval_every = 1                # epochs between clean test evaluations (0 = only at the end)
-  c.checkpoint_every = 1          # epochs between checkpoints (the final one is always saved)
-  c.keep_checkpoints = 3          # checkpoints kept in <workdir>/checkpoints
-  c.distributed = False           # call jax.distributed.initialize() (multi-host TPU/GPU)
-  c.progress = True               # progress bar on a terminal
-  c.halt_on_nonfinite = True      # stop on NaN/Inf loss, keeping the last good checkpoint
+  c.num_epochs = (
+      2  # passes over the train split (Free makes m updates per batch)
+  )
+  c.batch_size = 128  # global batch, split over all devices
+  c.eval_batch_size = 1024  # global eval batch (last one padded and masked)
+  c.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+  c.sync_bn = (
+      True  # BatchNorm batch statistics over the global batch (else per device)
+  )
+  c.steps_per_call = 0  # train steps fused into one jit call (lax.scan); 0 = auto: 1 on CPU, 10 on GPU/TPU
+  c.log_every = 100  # steps between metric fetches (no host sync in between)
+  c.eval_every = (
+      1  # epochs between clean test evaluations (0 = only at the end)
+  )
+  c.checkpoint_every = (
+      1  # epochs between checkpoints (the final one is always saved)
+  )
+  c.keep_checkpoints = 3  # checkpoints kept in <workdir>/checkpoints
+  c.distributed = (
+      False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+  )
+  c.progress = True  # progress bar on a terminal
+  c.halt_on_nonfinite = (
+      True  # stop on NaN/Inf loss, keeping the last good checkpoint
+  )
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.attacks = ()             # attack specs, e.g. 'pgd(norm=linf, eps=8/255, steps=50, restarts=10)'
-  c.eval.num_examples = 0         # 0 = whole test set, else a seeded random subset
-  c.eval.seed = 0                 # seed of the subset and of the attacks' random starts
-  c.eval.batch_size = 512         # attack batch size (a multiple of the device count)
-  c.eval.at_end = False           # run config.eval.attacks after training finishes
-  c.eval.dtype = 'float32'        # compute dtype of evaluation ('' = config.dtype): a bf16-trained
-                                  # model is evaluated on its float32 weights, as the PyTorch
-                                  # references do (model.float()), so attack gradients are not
-                                  # quantized
+  c.eval.attacks = ()  # attack specs, e.g. 'pgd(norm=linf, eps=8/255, steps=50, restarts=10)'
+  c.eval.num_examples = 0  # 0 = whole test set, else a seeded random subset
+  c.eval.seed = 0  # seed of the subset and of the attacks' random starts
+  c.eval.batch_size = 512  # attack batch size (a multiple of the device count)
+  c.eval.at_end = False  # run config.eval.attacks after training finishes
+  c.eval.dtype = 'float32'  # compute dtype of evaluation ('' = config.dtype): a bf16-trained
+  # model is evaluated on its float32 weights, as the PyTorch
+  # references do (model.float()), so attack gradients are not
+  # quantized
 
   # Catastrophic-overfitting monitor (Wong et al.'s early stopping): every epoch,
   # `attack` on a fixed training minibatch; a drop of more than `max_drop` below
   # the best robust accuracy stops training and keeps the best checkpoint.
   c.monitor = ml_collections.ConfigDict()
-  c.monitor.attack = ''           # '' = off, else an attack spec
-  c.monitor.max_drop = 0.2        # fraction (0.2 = 20 points)
-  c.monitor.num_examples = 512    # size of the fixed training minibatch
+  c.monitor.attack = ''  # '' = off, else an attack spec
+  c.monitor.max_drop = 0.2  # fraction (0.2 = 20 points)
+  c.monitor.num_examples = 512  # size of the fixed training minibatch
   return c

@@ -19,6 +19,7 @@ the paper warns GREAT alone obfuscates gradients (it falls to iFGSM), and
 AutoAttack (gradient-free Square, minimal-perturbation FAB) tests whether
 any of the gains survive. Needs a GPU: 100 epochs of a double-backprop step.
 """
+
 import ml_collections
 
 from configs import default
@@ -45,17 +46,28 @@ def method_for(row):
   if row == 'baseline':
     return ml_collections.ConfigDict(dict(name='standard'))
   if row == 'adversarial':
-    return ml_collections.ConfigDict(dict(
-        name='pgd', eps=0.2, steps=1, step_size=0.2, random_start=False,
-        clean_weight=0.5, attack_bn='eval'))
-  return ml_collections.ConfigDict(dict(
-      name='great', variant=row, alpha_max=1.0, beta_max=2.0))
+    return ml_collections.ConfigDict(
+        dict(
+            name='pgd',
+            eps=0.2,
+            steps=1,
+            step_size=0.2,
+            random_start=False,
+            clean_weight=0.5,
+            attack_bn='eval',
+        )
+    )
+  return ml_collections.ConfigDict(
+      dict(name='great', variant=row, alpha_max=1.0, beta_max=2.0)
+  )
 
 
 def get_config(row='both'):
   if row not in ROWS:
-    raise ValueError(f"configs/great_cifar10.py:{row}: unknown row; valid: "
-                     f"{', '.join(ROWS)}")
+    raise ValueError(
+        f'configs/great_cifar10.py:{row}: unknown row; valid: '
+        f"{', '.join(ROWS)}"
+    )
   c = default.get_config()
   c.data.name = 'cifar10'
   c.data.augment = 'crop'
@@ -71,7 +83,8 @@ def get_config(row='both'):
   c.eval_every = 10
   c.eval.attacks = table1_attacks() + (
       'pgd(norm=linf, eps=8/255, steps=50, step_size=2/255, restarts=10)',
-      'autoattack(eps=8/255, norm=linf)')
+      'autoattack(eps=8/255, norm=linf)',
+  )
   c.eval.num_examples = 0
   c.eval.at_end = True
   return c

@@ -13,6 +13,7 @@ per class: the paper's 5% sparse regime), 8 epochs, batch 128, Adam 1e-3 with th
 seeded 200 test images under Table 1's attacks at eps 0.1 and 8/255,
 PGD-50 x 10 and AutoAttack at 8/255. Measured figures: bench/RESULTS.md.
 """
+
 from configs import great_cifar10
 
 

@@ -21,6 +21,7 @@ CPU, --config.eval.num_examples=100): clean 99%, FGSM 6%, PGD-40 / PGD-100x10
 attacks cost ~5.4 s per example here (PGD-100x10 and APGD-T ~85% of it), so
 the full 1000 take ~1.5 h on such a CPU and minutes on an accelerator.
 """
+
 from configs import mnist_standard
 
 

@@ -15,6 +15,7 @@ Expected (issue 4): natural test accuracy >= 97%, PGD-50 with 10 restarts
 test images): seed 0: 98.32% / 84.3%; seeds 2, 3: 83.2%, 83.0%; seed 1
 overfits catastrophically in epoch 2 (0%). About 2 minutes on a 2-core CPU.
 """
+
 from configs import default
 
 
@@ -39,7 +40,8 @@ def get_config():
   # Catastrophic-overfitting guard (Wong et al.'s early stopping).
   c.monitor.attack = 'pgd(norm=linf, eps=method, steps=10, step_size=0.05)'
   c.monitor.max_drop = 0.2
-  c.eval.attacks = ('pgd(norm=linf, eps=method, steps=50, step_size=0.01, '
-                    'restarts=10)',)
+  c.eval.attacks = (
+      'pgd(norm=linf, eps=method, steps=50, step_size=0.01, ' 'restarts=10)',
+  )
   c.eval.at_end = True
   return c

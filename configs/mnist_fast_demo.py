@@ -12,13 +12,14 @@ Expected on a 2-core CPU: about 3 minutes, clean ~98%, PGD-20 ~94%
 paper's eps = 0.3 is far from robust (measured: 93.6% clean, 24.6% PGD-20;
 configs/mnist_fast.py trains 10 epochs at 0.3).
 """
+
 from configs import mnist_fast
 
 
 def get_config():
   c = mnist_fast.get_config()
   c.model.name = 'cnn5'
-  c.model.normalize = True   # mnist_fast.py feeds raw pixels to Wong's net
+  c.model.normalize = True  # mnist_fast.py feeds raw pixels to Wong's net
   c.method.clip_start = True  # at eps 0.1 the clipped start trains well
   c.optim.lr = 1e-3
   c.num_epochs = 1

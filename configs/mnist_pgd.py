@@ -14,6 +14,7 @@ inputs the CPU run sat at chance (loss 2.30) for its first 336 steps, with
 Expected (Bhat et al., Sec. 4 and 6): natural test accuracy >= 98%, accuracy
 under PGD-100 with 10 restarts (step 0.01) >= 89%.
 """
+
 from configs import default
 
 EPS, STEPS = 0.3, 8
@@ -38,7 +39,8 @@ def get_config():
   c.log_every = 100
   c.eval_every = 16
   c.checkpoint_every = 16
-  c.eval.attacks = ('pgd(norm=linf, eps=method, steps=100, step_size=0.01, '
-                    'restarts=10)',)
+  c.eval.attacks = (
+      'pgd(norm=linf, eps=method, steps=100, step_size=0.01, ' 'restarts=10)',
+  )
   c.eval.at_end = True
   return c

@@ -5,6 +5,7 @@
 Expected: >= 99.0% clean test accuracy after 3 epochs (Adam 1e-3, batch 128).
 Measured on a 2-core CPU: see README.md.
 """
+
 from configs import default
 
 

@@ -4,6 +4,7 @@ initialized train state placed on the mesh.
 Both the trainer and evaluation import this module (and `runs`, which loads
 finished runs); it imports neither of them.
 """
+
 import dataclasses
 import json
 import os
@@ -33,8 +34,16 @@ def load_data(config):
     raise ConfigError(str(e)) from None
 
 
-def build_model(config, ds, axis_name=None, dtype=None, name=None,
-                normalize=None, activation=None, **kwargs):
+def build_model(
+    config,
+    ds,
+    axis_name=None,
+    dtype=None,
+    name=None,
+    normalize=None,
+    activation=None,
+    **kwargs,
+):
   """A model for dataset `ds` (facts: num_classes, mean, std).
 
   Defaults come from config.model: name, activation, dual_bn, kwargs, and
@@ -50,12 +59,16 @@ def build_model(config, ds, axis_name=None, dtype=None, name=None,
     activation = m.activation if activation is None else activation
   normalize = m.get('normalize', True) if normalize is None else normalize
   return models.get_model(
-      name, num_classes=kwargs.pop('num_classes', ds.num_classes),
-      mean=ds.mean if normalize else None, std=ds.std if normalize else None,
-      dtype=DTYPES[dtype or config.dtype], activation=activation,
+      name,
+      num_classes=kwargs.pop('num_classes', ds.num_classes),
+      mean=ds.mean if normalize else None,
+      std=ds.std if normalize else None,
+      dtype=DTYPES[dtype or config.dtype],
+      activation=activation,
       bn_axis_name=axis_name if config.sync_bn else None,
       dual_bn=kwargs.pop('dual_bn', m.dual_bn if name == m.name else False),
-      **kwargs)
+      **kwargs,
+  )
 
 
 def eval_dtype(config):
@@ -87,6 +100,7 @@ class Context:
     axis_name: the mesh axis of data parallelism ('data').
     model: the main Linen model (BatchNorm synchronized over axis_name).
   """
+
   config: Any
   settings: dict
   num_classes: int
@@ -111,11 +125,23 @@ class Context:
     config.optim (its own lr, schedule, groups), over `total_steps`
     updates (default: the main network's)."""
     return optim.make_optimizer(
-        optim_config, total_steps or self.total_updates,
-        self.updates_per_epoch, labels=labels)
+        optim_config,
+        total_steps or self.total_updates,
+        self.updates_per_epoch,
+        labels=labels,
+    )
 
-  def network(self, rng, optim_config, name=None, *, labels=None,
-              input_shape=None, total_steps=None, **model_kwargs):
+  def network(
+      self,
+      rng,
+      optim_config,
+      name=None,
+      *,
+      labels=None,
+      input_shape=None,
+      total_steps=None,
+      **model_kwargs,
+  ):
     """A new auxiliary train_state.Network: model `name` (build_model
     kwargs), its own optimizer from `optim_config`, initialized with `rng`
     on inputs of `input_shape` (default the image shape)."""
@@ -134,6 +160,7 @@ class Context:
 @dataclasses.dataclass
 class Built:
   """A method's context and an initialized state placed on the mesh."""
+
   method: Any
   ctx: Context
   state: Any
@@ -159,12 +186,19 @@ def make_context(config, ds, method):
   """The Context a method is built with (see Context)."""
   spe, upb, total = step_counts(config, ds, method)
   return Context(
-      config=config, settings=methods_lib.settings(method, config),
-      num_classes=ds.num_classes, image_shape=tuple(ds.train_images.shape[1:]),
-      mean=ds.mean, std=ds.std, batch_size=config.batch_size,
-      total_updates=total * upb, updates_per_epoch=spe * upb,
-      axis_name=parallel.AXIS, model=build_model(config, ds, parallel.AXIS),
-      dataset=ds)
+      config=config,
+      settings=methods_lib.settings(method, config),
+      num_classes=ds.num_classes,
+      image_shape=tuple(ds.train_images.shape[1:]),
+      mean=ds.mean,
+      std=ds.std,
+      batch_size=config.batch_size,
+      total_updates=total * upb,
+      updates_per_epoch=spe * upb,
+      axis_name=parallel.AXIS,
+      model=build_model(config, ds, parallel.AXIS),
+      dataset=ds,
+  )
 
 
 def setup(config, ds, mesh):
@@ -176,26 +210,43 @@ def setup(config, ds, mesh):
   method = methods_lib.get_method(config.method.name)
   ctx = make_context(config, ds, method)
   spe, upb, total = step_counts(config, ds, method)
-  tx, schedule = optim.make_optimizer(config.optim, ctx.total_updates,
-                                      ctx.updates_per_epoch)
+  tx, schedule = optim.make_optimizer(
+      config.optim, ctx.total_updates, ctx.updates_per_epoch
+  )
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   # Init outside the mesh: BatchNorm must not look for the 'data' axis.
-  main = ts.init_network(init_rng, build_model(config, ds), tx,
-                         (1,) + ctx.image_shape, apply_fn=ctx.model.apply)
-  parts = methods_lib.init_parts(method, ctx,
-                                 jax.random.fold_in(state_rng, 1))
+  main = ts.init_network(
+      init_rng,
+      build_model(config, ds),
+      tx,
+      (1,) + ctx.image_shape,
+      apply_fn=ctx.model.apply,
+  )
+  parts = methods_lib.init_parts(method, ctx, jax.random.fold_in(state_rng, 1))
   if 'main' in parts.nets:
-    raise ValueError(f"method '{config.method.name}' may not replace the "
-                     "network named 'main'")
+    raise ValueError(
+        f"method '{config.method.name}' may not replace the "
+        "network named 'main'"
+    )
   state = ts.TrainState(
-      step=jnp.zeros((), jnp.int32), rng=state_rng,
-      nets={'main': main, **parts.nets}, frozen=dict(parts.frozen),
-      method_state=ts.empty_method_state(parts.method_state))
+      step=jnp.zeros((), jnp.int32),
+      rng=state_rng,
+      nets={'main': main, **parts.nets},
+      frozen=dict(parts.frozen),
+      method_state=ts.empty_method_state(parts.method_state),
+  )
   specs = parallel.state_specs(state)
   state = parallel.put_global(state, mesh, specs)
-  return Built(method=method, ctx=ctx, state=state, specs=specs,
-               steps_per_epoch=spe, updates_per_batch=upb,
-               total_batches=total, schedule=schedule)
+  return Built(
+      method=method,
+      ctx=ctx,
+      state=state,
+      specs=specs,
+      steps_per_epoch=spe,
+      updates_per_batch=upb,
+      total_batches=total,
+      schedule=schedule,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -215,8 +266,10 @@ def load_config(workdir):
   """<workdir>/config.json (written by train_and_evaluate) as a ConfigDict."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: train into {workdir} with '
-                            'main.py first (it writes config.json)')
+    raise FileNotFoundError(
+        f'{path} not found: train into {workdir} with '
+        'main.py first (it writes config.json)'
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(_tuples(json.load(f)))
 
@@ -224,19 +277,25 @@ def load_config(workdir):
 def latest_step_dir(workdir):
   """<workdir>/checkpoints/<newest step>, or FileNotFoundError."""
   ckdir = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in (os.listdir(ckdir) if os.path.isdir(ckdir)
-                                  else ()) if d.isdigit())
+  steps = sorted(
+      int(d)
+      for d in (os.listdir(ckdir) if os.path.isdir(ckdir) else ())
+      if d.isdigit()
+  )
   if not steps:
-    raise FileNotFoundError(f'no checkpoint in {ckdir}; train {workdir} '
-                            'first')
+    raise FileNotFoundError(
+        f'no checkpoint in {ckdir}; train {workdir} ' 'first'
+    )
   return os.path.join(ckdir, str(steps[-1]))
 
 
 def main_network_variables(saved):
   """The main network's Flax variables in a raw saved state tree."""
   main = saved['nets']['main']
-  return {'params': main['params'],
-          **{k: v for k, v in main['collections'].items() if v}}
+  return {
+      'params': main['params'],
+      **{k: v for k, v in main['collections'].items() if v},
+  }
 
 
 def load_frozen(workdir, dtype=None):
@@ -250,7 +309,7 @@ def load_frozen(workdir, dtype=None):
   facts = data.DATASET_INFO.get(config.data.name) or load_data(config)
   model = build_model(config, facts, dtype=dtype or eval_dtype(config))
   saved = ocp.StandardCheckpointer().restore(
-      os.path.join(latest_step_dir(workdir), 'state'))
-  variables = jax.tree_util.tree_map(jnp.asarray,
-                                     main_network_variables(saved))
+      os.path.join(latest_step_dir(workdir), 'state')
+  )
+  variables = jax.tree_util.tree_map(jnp.asarray, main_network_variables(saved))
   return ts.Frozen(variables=variables, apply_fn=model.apply)

@@ -6,6 +6,7 @@ optimizer state, method state) except the frozen networks, plus a small JSON
 record. Restoring takes the shardings of a template state, so a checkpoint
 written on one device count restores onto another.
 """
+
 import logging
 import os
 import re
@@ -42,9 +43,14 @@ class Checkpointer:
 
   def save(self, step, state, meta=None, force=True):
     """Saves `state` under `step` (asynchronously; see wait())."""
-    self._mgr.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(ts.saved_tree(state)),
-        meta=ocp.args.JsonSave(meta or {})), force=force)
+    self._mgr.save(
+        int(step),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(ts.saved_tree(state)),
+            meta=ocp.args.JsonSave(meta or {}),
+        ),
+        force=force,
+    )
 
   def delete(self, step):
     """Removes the checkpoint of `step`."""
@@ -55,19 +61,23 @@ class Checkpointer:
     """Returns (state, meta) restored onto the shardings of `template`."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree_util.tree_map(_abstract, ts.saved_tree(template))
-    out = self._mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        meta=ocp.args.JsonRestore()))
-    return (ts.with_saved_tree(template, out['state']),
-            dict(out['meta'] or {}))
+    out = self._mgr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    return (ts.with_saved_tree(template, out['state']), dict(out['meta'] or {}))
 
   def read_meta(self, step=None):
     """The JSON record saved with `step` (default: the latest)."""
     step = self.latest_step() if step is None else step
     if step is None:
       return {}
-    out = self._mgr.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))
+    out = self._mgr.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )
     return dict(out['meta'] or {})
 
   def wait(self):
@@ -121,17 +131,22 @@ def _quiet_background_noise():
   previous = sys.unraisablehook
 
   def unraisable(info):
-    if not (isinstance(info.exc_value, RuntimeError) and
-            str(info.exc_value) == 'Event loop is closed'):
+    if not (
+        isinstance(info.exc_value, RuntimeError)
+        and str(info.exc_value) == 'Event loop is closed'
+    ):
       previous(info)
+
   unraisable.jaxadv_quiet = True
   sys.unraisablehook = unraisable
   logging.getLogger('absl').addFilter(_drop_orbax_errors)
 
 
 def _drop_orbax_errors(record):
-  return not (record.levelno >= logging.ERROR and
-              f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
+  return not (
+      record.levelno >= logging.ERROR
+      and f'{os.sep}orbax{os.sep}' in (record.pathname or '')
+  )
 
 
 def set_aside(ckpt, step, dest):

@@ -1,5 +1,6 @@
 """What main.py does: run a mode, print a short table, map errors to
 one-line messages and exit codes."""
+
 import sys
 
 from jaxadv import eval_run
@@ -23,10 +24,13 @@ def format_table(rows):
   its columns aligned."""
   cells = [('', 'value', 'examples')] + [
       (str(r[0]), _cell(r[1]), _cell(r[2]) if len(r) > 2 and r[2] else '')
-      for r in rows]
+      for r in rows
+  ]
   widths = [max(len(c[i]) for c in cells) for i in range(3)]
-  lines = ['| ' + ' | '.join(f'{c:{w}}' for c, w in zip(row, widths)) + ' |'
-           for row in cells]
+  lines = [
+      '| ' + ' | '.join(f'{c:{w}}' for c, w in zip(row, widths)) + ' |'
+      for row in cells
+  ]
   lines.insert(1, '|' + '|'.join('-' * (w + 2) for w in widths) + '|')
   return '\n'.join(lines)
 
@@ -37,15 +41,25 @@ def pct(v):
 
 def summary_rows(results):
   epochs = results['epochs_done']
-  rows = [('dataset', results['dataset']), ('model', results['model']),
-          ('method', results['method']), ('status', results['status']),
-          ('epochs', f'{epochs:g}'), ('steps', results['steps']),
-          ('device', f"{results['num_devices']} x {results['device_kind']}"),
-          ('wall time (s)', f"{results['wall_time_s']:.1f}"),
-          ('train images/s', results.get('images_per_s'))]
+  rows = [
+      ('dataset', results['dataset']),
+      ('model', results['model']),
+      ('method', results['method']),
+      ('status', results['status']),
+      ('epochs', f'{epochs:g}'),
+      ('steps', results['steps']),
+      ('device', f"{results['num_devices']} x {results['device_kind']}"),
+      ('wall time (s)', f"{results['wall_time_s']:.1f}"),
+      ('train images/s', results.get('images_per_s')),
+  ]
   if 'test_accuracy' in results:
-    rows.append(('clean test accuracy', pct(results['test_accuracy']),
-                 results.get('num_test_examples')))
+    rows.append(
+        (
+            'clean test accuracy',
+            pct(results['test_accuracy']),
+            results.get('num_test_examples'),
+        )
+    )
   for rec in results.get('robust', []):
     rows.append((rec['name'], pct(rec['accuracy']), rec['num_examples']))
   return rows
@@ -54,13 +68,18 @@ def summary_rows(results):
 def _interrupted_message(workdir):
   """What is true of the workdir after a Ctrl-C outside the loop."""
   from jaxadv import build  # pylint: disable=g-import-not-at-top
+
   try:
     step_dir = build.latest_step_dir(workdir)
   except (FileNotFoundError, OSError):
-    return ('interrupted before anything was saved: no checkpoint in '
-            f'{workdir}; rerun the same command to start again')
-  return (f'interrupted; the newest checkpoint ({step_dir}) is kept: rerun '
-          'the same command to resume, or --mode eval')
+    return (
+        'interrupted before anything was saved: no checkpoint in '
+        f'{workdir}; rerun the same command to start again'
+    )
+  return (
+      f'interrupted; the newest checkpoint ({step_dir}) is kept: rerun '
+      'the same command to resume, or --mode eval'
+  )
 
 
 def run(config, workdir, mode):
@@ -72,15 +91,18 @@ def run(config, workdir, mode):
       if results.get('robust'):
         print(reports.warnings_markdown(results.get('warnings', [])))
       if results['status'].startswith('interrupted'):
-        print(f'{results["status"]}: checkpoint saved at step '
-              f'{results["steps"]}; run the same command to resume.',
-              file=sys.stderr)
+        print(
+            f'{results["status"]}: checkpoint saved at step '
+            f'{results["steps"]}; run the same command to resume.',
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
       return 0
     out = eval_run.evaluate_checkpoint(config, workdir)
-    rows = [('checkpoint step', out['step']),
-            ('clean test accuracy', pct(out['test_accuracy']),
-             out['num_examples'])]
+    rows = [
+        ('checkpoint step', out['step']),
+        ('clean test accuracy', pct(out['test_accuracy']), out['num_examples']),
+    ]
     print(format_table(rows))
     if out.get('table'):
       print(out['table'], flush=True)

@@ -13,6 +13,7 @@ Batching is a pure function of (seed, epoch, step), so a resumed run sees the
 same batches as an uninterrupted one, and every process takes its contiguous
 slice of each global batch.
 """
+
 import concurrent.futures
 import dataclasses
 import gzip
@@ -41,23 +42,43 @@ FEEDS = ('auto', 'device', 'host')
 
 class DatasetInfo(NamedTuple):
   num_classes: int
-  image_shape: tuple     # (H, W, C)
-  mean: tuple            # per channel, pixel scale [0, 1]
+  image_shape: tuple  # (H, W, C)
+  mean: tuple  # per channel, pixel scale [0, 1]
   std: tuple
-  augment: str           # what config.data.augment='auto' resolves to
+  augment: str  # what config.data.augment='auto' resolves to
 
 
 DATASET_INFO = {
     'mnist': DatasetInfo(10, (28, 28, 1), (0.1307,), (0.3081,), 'none'),
-    'cifar10': DatasetInfo(10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
-                           (0.2471, 0.2435, 0.2616), 'crop_flip'),
-    'cifar100': DatasetInfo(100, (32, 32, 3), (0.5071, 0.4865, 0.4409),
-                            (0.2673, 0.2564, 0.2762), 'crop_flip'),
-    'svhn_cropped': DatasetInfo(10, (32, 32, 3), (0.4377, 0.4438, 0.4728),
-                                (0.1980, 0.2010, 0.1970), 'crop'),
+    'cifar10': DatasetInfo(
+        10,
+        (32, 32, 3),
+        (0.4914, 0.4822, 0.4465),
+        (0.2471, 0.2435, 0.2616),
+        'crop_flip',
+    ),
+    'cifar100': DatasetInfo(
+        100,
+        (32, 32, 3),
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        'crop_flip',
+    ),
+    'svhn_cropped': DatasetInfo(
+        10,
+        (32, 32, 3),
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        'crop',
+    ),
     # Source images vary in size; (224, 224, 3) is the usual training crop.
-    'imagenet2012': DatasetInfo(1000, (224, 224, 3), (0.485, 0.456, 0.406),
-                                (0.229, 0.224, 0.225), 'none'),
+    'imagenet2012': DatasetInfo(
+        1000,
+        (224, 224, 3),
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        'none',
+    ),
 }
 
 _MNIST_FILES = {
@@ -80,6 +101,7 @@ class Dataset:
   per channel in [0, 1] pixel scale (for the model's normalization layer);
   `augment` is one of AUGMENTATIONS.
   """
+
   name: str
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -146,7 +168,8 @@ def offline_dir(name: str, data_dir: str = '') -> Optional[pathlib.Path]:
     raise FileNotFoundError(
         f'{origin}={str(root)!r} holds no offline {name}: expected '
         f'{root / name}/{{{", ".join(_OFFLINE_FILES[name])}}} '
-        f'(or clear {origin} to auto-detect ../shared/data or use TFDS)')
+        f'(or clear {origin} to auto-detect ../shared/data or use TFDS)'
+    )
   for root in default_data_dirs():
     if _has_files(root / name, name):
       return root / name
@@ -155,8 +178,9 @@ def offline_dir(name: str, data_dir: str = '') -> Optional[pathlib.Path]:
 
 def damaged(path, reason: str) -> ConfigError:
   """The one-line error for a data file that cannot be read as what it is."""
-  return ConfigError(f'{path} is damaged ({reason}); replace it with a good '
-                     'copy')
+  return ConfigError(
+      f'{path} is damaged ({reason}); replace it with a good ' 'copy'
+  )
 
 
 def _reason(exc: BaseException) -> str:
@@ -192,8 +216,9 @@ def read_idx(path) -> np.ndarray:
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
     raise damaged(path, f'not an IDX file: bad magic {raw[:4]!r}')
   if raw[2] != 0x08:
-    raise damaged(path, f'IDX element type 0x{raw[2]:02x}, expected 0x08 '
-                  '(uint8)')
+    raise damaged(
+        path, f'IDX element type 0x{raw[2]:02x}, expected 0x08 ' '(uint8)'
+    )
   ndim = raw[3]
   if len(raw) < 4 + 4 * ndim:
     raise damaged(path, f'{len(raw)} bytes, shorter than its IDX header')
@@ -208,25 +233,33 @@ def _load_mnist(folder: pathlib.Path):
   splits = []
   for split in ('train', 'test'):
     images_file, labels_file = _MNIST_FILES[split]
-    images = read_idx(folder / images_file)[..., None]   # (N, 28, 28, 1)
+    images = read_idx(folder / images_file)[..., None]  # (N, 28, 28, 1)
     labels = read_idx(folder / labels_file).astype(np.int32)
     if len(images) != len(labels):
       raise ConfigError(
           f'{folder / images_file} holds {len(images)} images but '
           f'{folder / labels_file} {len(labels)} labels: one of them is '
-          'damaged; replace it with a good copy')
+          'damaged; replace it with a good copy'
+      )
     splits += [images, labels]
   return splits
 
 
-def decode_jpegs(blob: np.ndarray, offsets: np.ndarray,
-                 start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+def decode_jpegs(
+    blob: np.ndarray,
+    offsets: np.ndarray,
+    start: int = 0,
+    stop: Optional[int] = None,
+) -> np.ndarray:
   """Decodes images start..stop of concatenated JPEGs: uint8 (n, H, W, C)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   stop = len(offsets) - 1 if stop is None else stop
   out = None
   for i in range(start, stop):
-    with Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes())) as im:
+    with Image.open(
+        io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())
+    ) as im:
       pixels = np.asarray(im)
     if pixels.ndim == 2:
       pixels = pixels[..., None]
@@ -239,10 +272,16 @@ def decode_jpegs(blob: np.ndarray, offsets: np.ndarray,
 def _decode_all(splits: Sequence[tuple], workers: Optional[int] = None) -> list:
   """decode_jpegs of each (blob, offsets), in one process pool when there are cores."""
   if workers is None:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    cores = (
+        len(os.sched_getaffinity(0))
+        if hasattr(os, 'sched_getaffinity')
+        else os.cpu_count()
+    )
     workers = min(cores or 1, 16)
     if workers < 4 or sum(len(offsets) - 1 for _, offsets in splits) < 2000:
-      workers = 1  # starting workers (spawn + import) costs ~1 s: 2 cores gain little
+      workers = (
+          1  # starting workers (spawn + import) costs ~1 s: 2 cores gain little
+      )
   if workers < 2:
     return [decode_jpegs(blob, offsets) for blob, offsets in splits]
   total = sum(len(offsets) - 1 for _, offsets in splits)
@@ -252,25 +291,40 @@ def _decode_all(splits: Sequence[tuple], workers: Optional[int] = None) -> list:
     parts = max(1, min(n, round(4 * workers * n / total)))
     bounds = np.linspace(0, n, parts + 1).astype(int)
     for a, b in zip(bounds[:-1], bounds[1:]):
-      jobs.append((blob[offsets[a]:offsets[b]], offsets[a:b + 1] - offsets[a]))
+      jobs.append(
+          (blob[offsets[a] : offsets[b]], offsets[a : b + 1] - offsets[a])
+      )
       owner.append(k)
   try:
     # spawn, not fork: forking a process that runs JAX can deadlock.
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+        workers, mp_context=multiprocessing.get_context('spawn')
+    ) as pool:
       parts = list(pool.map(decode_jpegs, *zip(*jobs)))
   except (OSError, RuntimeError, concurrent.futures.process.BrokenProcessPool):
-    return [decode_jpegs(blob, offsets) for blob, offsets in splits]  # e.g. unguarded __main__
-  return [np.concatenate([p for p, o in zip(parts, owner) if o == k])
-          for k in range(len(splits))]
+    return [
+        decode_jpegs(blob, offsets) for blob, offsets in splits
+    ]  # e.g. unguarded __main__
+  return [
+      np.concatenate([p for p, o in zip(parts, owner) if o == k])
+      for k in range(len(splits))
+  ]
 
 
 def cifar10_cache_files(npz_path, cache_dir: str = '') -> dict:
   """split -> .npy path of the decoded images, keyed by the npz's size+mtime."""
   stat = pathlib.Path(npz_path).stat()
-  key = hashlib.sha1(f'v1:{stat.st_size}:{stat.st_mtime_ns}'.encode()).hexdigest()[:12]
-  folder = pathlib.Path(cache_dir).expanduser() if cache_dir else REPO_ROOT / '.cache' / 'jaxadv'
-  return {s: folder / f'cifar10_{s}_images_{key}.npy' for s in ('train', 'test')}
+  key = hashlib.sha1(
+      f'v1:{stat.st_size}:{stat.st_mtime_ns}'.encode()
+  ).hexdigest()[:12]
+  folder = (
+      pathlib.Path(cache_dir).expanduser()
+      if cache_dir
+      else REPO_ROOT / '.cache' / 'jaxadv'
+  )
+  return {
+      s: folder / f'cifar10_{s}_images_{key}.npy' for s in ('train', 'test')
+  }
 
 
 # What np.load and reading an npz member raise for a damaged file.
@@ -286,8 +340,11 @@ def _read_cache(cache: dict, labels: dict) -> Optional[dict]:
   for s, f in cache.items():
     try:
       images[s] = np.load(f)
-      good = (images[s].dtype == np.uint8 and images[s].ndim == 4 and
-              len(images[s]) == len(labels[s]))
+      good = (
+          images[s].dtype == np.uint8
+          and images[s].ndim == 4
+          and len(images[s]) == len(labels[s])
+      )
     except (OSError, EOFError, ValueError):
       good = False
     if not good:
@@ -305,8 +362,9 @@ def _write_cache(cache: dict, images: dict) -> None:
   full disk) is skipped, leaving no temporary file."""
   for s, f in cache.items():
     # Unique per host and process: caches may sit on shared storage.
-    tmp = f.with_name(f'{f.stem}.{socket.gethostname()}.{os.getpid()}'
-                      '.tmp.npy')
+    tmp = f.with_name(
+        f'{f.stem}.{socket.gethostname()}.{os.getpid()}' '.tmp.npy'
+    )
     try:
       f.parent.mkdir(parents=True, exist_ok=True)
       np.save(tmp, images[s])
@@ -344,8 +402,9 @@ def _load_cifar10(folder: pathlib.Path, cache_dir: str):
     raise damaged(path, 'not an .npz archive')
   try:
     with z:
-      wanted = [f'{s}_{k}' for s in cache
-                for k in ('jpeg', 'offsets', 'labels')]
+      wanted = [
+          f'{s}_{k}' for s in cache for k in ('jpeg', 'offsets', 'labels')
+      ]
       missing = [k for k in wanted if k not in z.files]
       if missing:
         raise damaged(path, f'no array {", ".join(missing)}')
@@ -361,13 +420,17 @@ def _load_cifar10(folder: pathlib.Path, cache_dir: str):
     try:
       decoded = _decode_all(blobs)
     except (OSError, ValueError, IndexError, TypeError) as e:
-      raise damaged(path, f'a JPEG does not decode: {type(e).__name__}'
-                    ) from None
+      raise damaged(
+          path, f'a JPEG does not decode: {type(e).__name__}'
+      ) from None
     images = dict(zip(cache, decoded))
     for s in cache:
       if images[s] is None or len(images[s]) != len(labels[s]):
-        raise damaged(path, f'{s}: {len(labels[s])} labels, '
-                      f'{0 if images[s] is None else len(images[s])} images')
+        raise damaged(
+            path,
+            f'{s}: {len(labels[s])} labels, '
+            f'{0 if images[s] is None else len(images[s])} images',
+        )
     _write_cache(cache, images)
   return images['train'], labels['train'], images['test'], labels['test']
 
@@ -379,32 +442,49 @@ def _load_tfds(name: str, data_dir: str):
   except ImportError:
     searched = ''
     if name in OFFLINE_DATASETS:
-      searched = (f' (no offline files in '
-                  f'{", ".join(str(d / name) for d in default_data_dirs())})')
+      searched = (
+          f' (no offline files in '
+          f'{", ".join(str(d / name) for d in default_data_dirs())})'
+      )
     raise ImportError(
         f'dataset {name!r} needs tensorflow-datasets, which is not installed{searched}: set '
         f'config.data.data_dir or ${DATA_DIR_ENV} to a folder with the offline '
         f'{"/".join(OFFLINE_DATASETS)} files (e.g. ../shared/data), or '
-        f'pip install tensorflow-datasets') from None
+        f'pip install tensorflow-datasets'
+    ) from None
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(
         f'config.data.name={name!r} is unknown: use one of the offline datasets '
         f'({", ".join(OFFLINE_DATASETS)}) or any TFDS image classification '
-        f'dataset') from None
+        f'dataset'
+    ) from None
   splits = builder.info.splits
-  test_split = 'validation' if 'validation' in splits and 'test' not in splits else 'test'
+  test_split = (
+      'validation'
+      if 'validation' in splits and 'test' not in splits
+      else 'test'
+  )
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')  # keep TF off the accelerator JAX uses
+
+    tf.config.set_visible_devices(
+        [], 'GPU'
+    )  # keep TF off the accelerator JAX uses
   except Exception:  # pylint: disable=broad-except
     pass
   arrays = []
   for split in ('train', test_split):
-    images, labels = tfds.as_numpy(tfds.load(
-        name, split=split, batch_size=-1, as_supervised=True,
-        data_dir=data_dir or None))
+    images, labels = tfds.as_numpy(
+        tfds.load(
+            name,
+            split=split,
+            batch_size=-1,
+            as_supervised=True,
+            data_dir=data_dir or None,
+        )
+    )
     arrays += [np.asarray(images, np.uint8), np.asarray(labels, np.int32)]
   return arrays, builder.info.features['label'].num_classes
 
@@ -413,8 +493,9 @@ def _load_tfds(name: str, data_dir: str):
 # Subsets.
 
 
-def balanced_subset(labels: np.ndarray, num: int, seed: int,
-                    num_classes: Optional[int] = None) -> np.ndarray:
+def balanced_subset(
+    labels: np.ndarray, num: int, seed: int, num_classes: Optional[int] = None
+) -> np.ndarray:
   """Sorted indices of `num` examples with (as nearly as possible) equal counts per class.
 
   A class smaller than its share gives all it has and the rest is shared among
@@ -446,7 +527,9 @@ def random_subset(num_examples: int, num: int, seed: int) -> np.ndarray:
   """Sorted indices of a seeded random subset of `num` of `num_examples`."""
   if not 0 <= num <= num_examples:
     raise ValueError(f'cannot take {num} of {num_examples} examples')
-  return np.sort(np.random.default_rng([seed, 2]).permutation(num_examples)[:num])
+  return np.sort(
+      np.random.default_rng([seed, 2]).permutation(num_examples)[:num]
+  )
 
 
 def _validated(data_config) -> tuple[float, int, int, str]:
@@ -457,12 +540,18 @@ def _validated(data_config) -> tuple[float, int, int, str]:
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f'config.data.train_fraction={fraction} must be in (0, 1]')
   if num_train < 0:
-    raise ValueError(f'config.data.num_train_examples={num_train} must be >= 0 (0 = all)')
+    raise ValueError(
+        f'config.data.num_train_examples={num_train} must be >= 0 (0 = all)'
+    )
   if num_test < 0:
-    raise ValueError(f'config.data.num_test_examples={num_test} must be >= 0 (0 = all)')
+    raise ValueError(
+        f'config.data.num_test_examples={num_test} must be >= 0 (0 = all)'
+    )
   if augment not in ('auto',) + AUGMENTATIONS:
-    raise ValueError(f'config.data.augment={augment!r} must be one of '
-                     f'{", ".join(("auto",) + AUGMENTATIONS)}')
+    raise ValueError(
+        f'config.data.augment={augment!r} must be one of '
+        f'{", ".join(("auto",) + AUGMENTATIONS)}'
+    )
   return fraction, num_train, num_test, augment
 
 
@@ -480,25 +569,38 @@ def load_dataset(data_config: Any, seed: int = 0) -> Dataset:
   if folder is not None and name == 'mnist':
     arrays, num_classes = _load_mnist(folder), 10
   elif folder is not None and name == 'cifar10':
-    arrays, num_classes = _load_cifar10(folder, getattr(data_config, 'cache_dir', '')), 10
+    arrays, num_classes = (
+        _load_cifar10(folder, getattr(data_config, 'cache_dir', '')),
+        10,
+    )
   else:
-    arrays, num_classes = _load_tfds(name, data_dir if name not in OFFLINE_DATASETS else '')
+    arrays, num_classes = _load_tfds(
+        name, data_dir if name not in OFFLINE_DATASETS else ''
+    )
   train_images, train_labels, test_images, test_labels = arrays
 
   if fraction < 1.0:
-    keep = balanced_subset(train_labels, max(1, round(fraction * len(train_labels))),
-                           seed, num_classes)
+    keep = balanced_subset(
+        train_labels,
+        max(1, round(fraction * len(train_labels))),
+        seed,
+        num_classes,
+    )
     train_images, train_labels = train_images[keep], train_labels[keep]
   if num_train:
     if num_train > len(train_labels):
-      raise ValueError(f'config.data.num_train_examples={num_train} exceeds the '
-                       f'{len(train_labels)} train examples available')
+      raise ValueError(
+          f'config.data.num_train_examples={num_train} exceeds the '
+          f'{len(train_labels)} train examples available'
+      )
     keep = balanced_subset(train_labels, num_train, seed, num_classes)
     train_images, train_labels = train_images[keep], train_labels[keep]
   if num_test:
     if num_test > len(test_labels):
-      raise ValueError(f'config.data.num_test_examples={num_test} exceeds the '
-                       f'{len(test_labels)} test examples available')
+      raise ValueError(
+          f'config.data.num_test_examples={num_test} exceeds the '
+          f'{len(test_labels)} test examples available'
+      )
     keep = random_subset(len(test_labels), num_test, seed)
     test_images, test_labels = test_images[keep], test_labels[keep]
 
@@ -512,10 +614,16 @@ def load_dataset(data_config: Any, seed: int = 0) -> Dataset:
     colour32 = arrays[0].shape[1:] == (32, 32, 3)
     default_augment = 'crop_flip' if colour32 else 'none'
   return Dataset(
-      name=name, train_images=train_images, train_labels=train_labels,
-      test_images=test_images, test_labels=test_labels, num_classes=num_classes,
-      mean=tuple(mean), std=tuple(std),
-      augment=default_augment if augment == 'auto' else augment)
+      name=name,
+      train_images=train_images,
+      train_labels=train_labels,
+      test_images=test_images,
+      test_labels=test_labels,
+      num_classes=num_classes,
+      mean=tuple(mean),
+      std=tuple(std),
+      augment=default_augment if augment == 'auto' else augment,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -525,14 +633,23 @@ def load_dataset(data_config: Any, seed: int = 0) -> Dataset:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   """Full global batches per epoch (the remainder is dropped)."""
   if not 0 < batch_size <= num_examples:
-    raise ValueError(f'config.batch_size={batch_size} must be in [1, {num_examples}] '
-                     f'(the number of train examples)')
+    raise ValueError(
+        f'config.batch_size={batch_size} must be in [1, {num_examples}] '
+        f'(the number of train examples)'
+    )
   return num_examples // batch_size
 
 
-def train_batches(num_examples: int, batch_size: int, seed: int, epoch: int, *,
-                  process_index: int = 0, process_count: int = 1,
-                  start_step: int = 0) -> Iterator[np.ndarray]:
+def train_batches(
+    num_examples: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_step: int = 0,
+) -> Iterator[np.ndarray]:
   """Yields this process's int64 indices (batch_size // process_count,) per step.
 
   The epoch's order is `default_rng([seed, epoch]).permutation(num_examples)`,
@@ -542,28 +659,45 @@ def train_batches(num_examples: int, batch_size: int, seed: int, epoch: int, *,
   """
   steps = steps_per_epoch(num_examples, batch_size)
   if batch_size % process_count:
-    raise ValueError(f'config.batch_size={batch_size} is not divisible by the '
-                     f'{process_count} processes')
+    raise ValueError(
+        f'config.batch_size={batch_size} is not divisible by the '
+        f'{process_count} processes'
+    )
   if not 0 <= process_index < process_count or start_step < 0:
-    raise ValueError(f'bad process_index={process_index} / process_count='
-                     f'{process_count} / start_step={start_step}')
+    raise ValueError(
+        f'bad process_index={process_index} / process_count='
+        f'{process_count} / start_step={start_step}'
+    )
   local = batch_size // process_count
   order = np.random.default_rng([seed, epoch]).permutation(num_examples)
   for step in range(start_step, steps):
     start = step * batch_size + process_index * local
-    yield order[start:start + local]
+    yield order[start : start + local]
 
 
-def stack_batches(dataset: Dataset, index_batches: Sequence[np.ndarray]) -> dict:
+def stack_batches(
+    dataset: Dataset, index_batches: Sequence[np.ndarray]
+) -> dict:
   """{'image': uint8 (steps, b, H, W, C), 'label': int32 (steps, b)} for train indices."""
   idx = np.stack(index_batches)
-  return {'image': dataset.train_images[idx], 'label': dataset.train_labels[idx]}
+  return {
+      'image': dataset.train_images[idx],
+      'label': dataset.train_labels[idx],
+  }
 
 
-def train_chunks(dataset: Dataset, batch_size: int, seed: int, epoch: int,
-                 steps_per_call: int = 1, *, process_index: int = 0,
-                 process_count: int = 1, start_step: int = 0,
-                 gather: bool = True) -> Iterator[dict]:
+def train_chunks(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    steps_per_call: int = 1,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_step: int = 0,
+    gather: bool = True,
+) -> Iterator[dict]:
   """Yields chunks of `steps_per_call` consecutive train_batches.
 
   gather=True: stack_batches (the images and labels, for a host feed);
@@ -580,9 +714,15 @@ def train_chunks(dataset: Dataset, batch_size: int, seed: int, epoch: int,
     return {'index': np.stack(chunk).astype(np.int32)}
 
   chunk = []
-  for idx in train_batches(dataset.num_train, batch_size, seed, epoch,
-                           process_index=process_index,
-                           process_count=process_count, start_step=start_step):
+  for idx in train_batches(
+      dataset.num_train,
+      batch_size,
+      seed,
+      epoch,
+      process_index=process_index,
+      process_count=process_count,
+      start_step=start_step,
+  ):
     chunk.append(idx)
     if len(chunk) == steps_per_call:
       yield emit(chunk)
@@ -619,8 +759,14 @@ def feed_on_device(feed: str, dataset: Dataset, device=None) -> bool:
   return nbytes <= limit
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+def eval_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict]:
   """Yields {'image', 'label', 'mask'} covering every example exactly once.
 
   Every global batch has `batch_size` rows (the last is padded with zero images,
@@ -628,8 +774,10 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
   process gets its (batch_size // process_count) slice of every global batch.
   """
   if batch_size < 1 or batch_size % process_count:
-    raise ValueError(f'config.eval_batch_size={batch_size} must be positive and '
-                     f'divisible by the {process_count} processes')
+    raise ValueError(
+        f'config.eval_batch_size={batch_size} must be positive and '
+        f'divisible by the {process_count} processes'
+    )
   local = batch_size // process_count
   n = len(labels)
   for start in range(0, n, batch_size):
@@ -639,7 +787,9 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
     image, label = images[lo:hi], np.asarray(labels[lo:hi], np.int32)
     mask = np.ones(hi - lo, bool)
     if pad:
-      image = np.concatenate([image, np.zeros((pad,) + image.shape[1:], image.dtype)])
+      image = np.concatenate(
+          [image, np.zeros((pad,) + image.shape[1:], image.dtype)]
+      )
       label = np.concatenate([label, np.zeros(pad, np.int32)])
       mask = np.concatenate([mask, np.zeros(pad, bool)])
     yield {'image': image, 'label': label, 'mask': mask}
@@ -671,14 +821,18 @@ def random_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
-def augment(rng: jax.Array, images: jax.Array, kind: str, pad: int = 4) -> jax.Array:
+def augment(
+    rng: jax.Array, images: jax.Array, kind: str, pad: int = 4
+) -> jax.Array:
   """Train augmentation of a (b, H, W, C) batch: float32 pixels in [0, 1].
 
   kind: 'none' | 'flip' | 'crop' (random crop with `pad`-pixel zero padding) |
   'crop_flip'. uint8 input is augmented before conversion (cheaper).
   """
   if kind not in AUGMENTATIONS:
-    raise ValueError(f'augment kind {kind!r} must be one of {", ".join(AUGMENTATIONS)}')
+    raise ValueError(
+        f'augment kind {kind!r} must be one of {", ".join(AUGMENTATIONS)}'
+    )
   crop_rng, flip_rng = jax.random.split(rng)
   if kind in ('crop', 'crop_flip'):
     images = random_crop(crop_rng, images, pad)

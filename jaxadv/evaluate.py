@@ -11,6 +11,7 @@ accuracy (in [0, 1]) and seconds. Records of several models also carry
 `model` (the evaluated model) and, for black-box transfer, `source` (the
 model the attack ran on).
 """
+
 import os
 import time
 
@@ -23,7 +24,6 @@ from jaxadv import attacks
 from jaxadv import data
 from jaxadv import parallel
 from jaxadv.methods import common
-
 
 
 def make_accuracy_fn(mesh, specs, attack=None):
@@ -41,11 +41,15 @@ def make_accuracy_fn(mesh, specs, attack=None):
   itself a point of the threat model, and an attack, a targeted one above
   all, can return a point classified correctly when the clean input is not.
   """
+
   def batch_accuracy(state, images, labels, mask, rng, *args):
     model = state.logits_fn()
     paired = isinstance(images, tuple)  # (precomputed x_adv, clean x)
-    x, x_clean = ((data.to_float(images[0]), data.to_float(images[1]))
-                  if paired else (data.to_float(images),) * 2)
+    x, x_clean = (
+        (data.to_float(images[0]), data.to_float(images[1]))
+        if paired
+        else (data.to_float(images),) * 2
+    )
     if attack is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
       x = attack(model, rng, x, labels, *args)
@@ -63,10 +67,14 @@ def make_accuracy_fn(mesh, specs, attack=None):
   # rejects inside shard_map; the psum makes the output replicated anyway.
   def fn(state, images, labels, mask, rng, *args):
     inner = jax.shard_map(
-        batch_accuracy, mesh=mesh,
-        in_specs=(specs, b, b, b, P()) + (P(),) * len(args), out_specs=P(),
-        check_vma=False)
+        batch_accuracy,
+        mesh=mesh,
+        in_specs=(specs, b, b, b, P()) + (P(),) * len(args),
+        out_specs=P(),
+        check_vma=False,
+    )
     return inner(state, images, labels, mask, rng, *args)
+
   return jax.jit(fn)
 
 
@@ -74,18 +82,26 @@ def make_metrics_fn(mesh, specs, metrics_fn):
   """jit(shard_map) of one eval batch -> {name: (sum, count)} summed over
   devices, for a method's metrics_fn(state, batch) (batch: 'image' float in
   [0, 1], 'label', 'mask'; see methods.common.accuracy_metrics)."""
+
   def batch_metrics(state, images, labels, mask):
     batch = {'image': data.to_float(images), 'label': labels, 'mask': mask}
     return jax.lax.psum(metrics_fn(state, batch), parallel.AXIS)
 
   b = P(parallel.AXIS)
-  return jax.jit(jax.shard_map(batch_metrics, mesh=mesh,
-                               in_specs=(specs, b, b, b), out_specs=P(),
-                               check_vma=False))
+  return jax.jit(
+      jax.shard_map(
+          batch_metrics,
+          mesh=mesh,
+          in_specs=(specs, b, b, b),
+          out_specs=P(),
+          check_vma=False,
+      )
+  )
 
 
-def metrics(state, images, labels, *, mesh, specs, batch_size, metrics_fn=None,
-            fn=None):
+def metrics(
+    state, images, labels, *, mesh, specs, batch_size, metrics_fn=None, fn=None
+):
   """A method's eval metrics over images (N, H, W, C), all N counted once:
   ({name: mean}, N). `fn` is a prebuilt make_metrics_fn (else built from
   metrics_fn)."""
@@ -93,8 +109,9 @@ def metrics(state, images, labels, *, mesh, specs, batch_size, metrics_fn=None,
   total = None
   for _, g in _global_batches(images, labels, batch_size, mesh):
     out = fn(state, *g)
-    total = out if total is None else jax.tree_util.tree_map(jnp.add, total,
-                                                             out)
+    total = (
+        out if total is None else jax.tree_util.tree_map(jnp.add, total, out)
+    )
   fetched = parallel.fetch(total)
   means = {k: float(s) / max(float(c), 1.0) for k, (s, c) in fetched.items()}
   return means, len(labels)
@@ -110,18 +127,38 @@ def _global_batches(images, labels, batch_size, mesh):
   ndev = mesh.devices.size
   batch_size = min(batch_size, max(-(-len(labels) // ndev) * ndev, ndev))
   paired = isinstance(images, tuple)
-  streams = [data.eval_batches(a, labels, batch_size, process_index=pidx,
-                               process_count=pcount)
-             for a in (images if paired else (images,))]
+  streams = [
+      data.eval_batches(
+          a, labels, batch_size, process_index=pidx, process_count=pcount
+      )
+      for a in (images if paired else (images,))
+  ]
   for i, batches in enumerate(zip(*streams)):
     image = tuple(b['image'] for b in batches)
     yield i, parallel.put_local_batch(
-        (image if paired else image[0], batches[0]['label'],
-         batches[0]['mask']), mesh, P(parallel.AXIS))
+        (
+            image if paired else image[0],
+            batches[0]['label'],
+            batches[0]['mask'],
+        ),
+        mesh,
+        P(parallel.AXIS),
+    )
 
 
-def accuracy(state, images, labels, *, mesh, specs, batch_size, attack=None,
-             seed=0, accuracy_fn=None, attack_args=()):
+def accuracy(
+    state,
+    images,
+    labels,
+    *,
+    mesh,
+    specs,
+    batch_size,
+    attack=None,
+    seed=0,
+    accuracy_fn=None,
+    attack_args=(),
+):
   """Accuracy of `state` on images (N, H, W, C), all N counted once.
 
   images: uint8 0..255 or float pixels in [0, 1]; or a pair (x_adv, x) of
@@ -139,27 +176,37 @@ def accuracy(state, images, labels, *, mesh, specs, batch_size, attack=None,
   for i, g in _global_batches(images, labels, batch_size, mesh):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
     out = fn(state, *g, rng, *attack_args)
-    total = out if total is None else jax.tree_util.tree_map(jnp.add, total, out)
+    total = (
+        out if total is None else jax.tree_util.tree_map(jnp.add, total, out)
+    )
   correct, count = (float(v) for v in parallel.fetch(total))
   return correct / max(count, 1.0), int(round(count))
 
 
-def adversarial_examples(state, images, labels, attack, *, mesh, specs,
-                         batch_size, seed=0):
+def adversarial_examples(
+    state, images, labels, attack, *, mesh, specs, batch_size, seed=0
+):
   """x_adv = attack(model of `state`) for every example, float32 (N, H, W, C)
   in [0, 1], in the order of `images`.
 
   Batches and keys are those of `accuracy(..., attack=attack, seed=seed)`,
   so evaluating x_adv on `state` reproduces that white-box accuracy.
   """
+
   def batch_attack(state, images, labels, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
     return attack(state.logits_fn(), rng, data.to_float(images), labels)
 
   b = P(parallel.AXIS)
-  fn = jax.jit(jax.shard_map(batch_attack, mesh=mesh,  # check_vma: see
-                             in_specs=(specs, b, b, P()),  # make_accuracy_fn
-                             out_specs=b, check_vma=False))
+  fn = jax.jit(
+      jax.shard_map(
+          batch_attack,
+          mesh=mesh,  # check_vma: see
+          in_specs=(specs, b, b, P()),  # make_accuracy_fn
+          out_specs=b,
+          check_vma=False,
+      )
+  )
   out = []
   for i, (img, lbl, mask) in _global_batches(images, labels, batch_size, mesh):
     x_adv = fn(state, img, lbl, jax.random.fold_in(jax.random.PRNGKey(seed), i))
@@ -172,12 +219,14 @@ def _gather_rows(x, mask):
   dropped (padding rows only ever follow the real ones)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     x, mask = multihost_utils.process_allgather((x, mask), tiled=True)
   return np.asarray(x)[np.asarray(mask) > 0]
 
 
-def robust_flags(state, images, labels, attack, *, mesh, specs, batch_size,
-                 seed=0):
+def robust_flags(
+    state, images, labels, attack, *, mesh, specs, batch_size, seed=0
+):
   """Per example, whether `state` classifies the clean input and its attacked
   version correctly: bool (N,) on the host, in the order of `images`.
 
@@ -185,6 +234,7 @@ def robust_flags(state, images, labels, attack, *, mesh, specs, batch_size,
   so `robust_flags(...).mean()` is that robust accuracy. Ensembles such as
   AutoAttack call it on the still-robust subset after each attack.
   """
+
   def batch_flags(state, images, labels, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
     model = state.logits_fn()
@@ -193,9 +243,15 @@ def robust_flags(state, images, labels, attack, *, mesh, specs, batch_size,
     return ok * common.correct(model(x), labels)
 
   b = P(parallel.AXIS)
-  fn = jax.jit(jax.shard_map(batch_flags, mesh=mesh,  # check_vma: see
-                             in_specs=(specs, b, b, P()),  # make_accuracy_fn
-                             out_specs=b, check_vma=False))
+  fn = jax.jit(
+      jax.shard_map(
+          batch_flags,
+          mesh=mesh,  # check_vma: see
+          in_specs=(specs, b, b, P()),  # make_accuracy_fn
+          out_specs=b,
+          check_vma=False,
+      )
+  )
   out = [np.zeros((0,), bool)]
   for i, (img, lbl, mask) in _global_batches(images, labels, batch_size, mesh):
     ok = fn(state, img, lbl, jax.random.fold_in(jax.random.PRNGKey(seed), i))
@@ -215,14 +271,31 @@ def subset(images, labels, num_examples, seed):
 
 def record(spec, accuracy_value, num_examples, seed, seconds, **extra):
   """One eval record for an AttackSpec (see the module docstring)."""
-  return {'name': str(spec), **spec.describe(), 'seed': seed,
-          'num_examples': num_examples, 'accuracy': accuracy_value,
-          'seconds': seconds, **extra}
+  return {
+      'name': str(spec),
+      **spec.describe(),
+      'seed': seed,
+      'num_examples': num_examples,
+      'accuracy': accuracy_value,
+      'seconds': seconds,
+      **extra,
+  }
 
 
-def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
-                batch_size, num_examples=0, seed=0, dtype=None,
-                method_settings=None):
+def run_attacks(
+    state,
+    images,
+    labels,
+    attack_specs,
+    *,
+    mesh,
+    specs,
+    batch_size,
+    num_examples=0,
+    seed=0,
+    dtype=None,
+    method_settings=None,
+):
   """Accuracy under each attack spec on the same seeded subset; one record
   per attack (see the module docstring). 'clean' is a valid spec. `dtype`,
   the model's compute dtype, is recorded when given; `method_settings`
@@ -233,20 +306,37 @@ def run_attacks(state, images, labels, attack_specs, *, mesh, specs,
   for spec_text in attack_specs:
     spec = attacks.parse_attack(spec_text, method_settings)
     if spec.name == 'autoattack':
-      records += run_autoattack(state, images, labels, spec, mesh=mesh,
-                                specs=specs, batch_size=batch_size, seed=seed,
-                                **extra)
+      records += run_autoattack(
+          state,
+          images,
+          labels,
+          spec,
+          mesh=mesh,
+          specs=specs,
+          batch_size=batch_size,
+          seed=seed,
+          **extra,
+      )
       continue
     fn = None if spec.name == 'clean' else attacks.make_attack(spec)
     t0 = time.time()
-    acc, n = accuracy(state, images, labels, mesh=mesh, specs=specs,
-                      batch_size=batch_size, attack=fn, seed=seed)
+    acc, n = accuracy(
+        state,
+        images,
+        labels,
+        mesh=mesh,
+        specs=specs,
+        batch_size=batch_size,
+        attack=fn,
+        seed=seed,
+    )
     records.append(record(spec, acc, n, seed, time.time() - t0, **extra))
   return records
 
 
-def run_autoattack(state, images, labels, spec, *, mesh, specs, batch_size,
-                   seed=0, **extra):
+def run_autoattack(
+    state, images, labels, spec, *, mesh, specs, batch_size, seed=0, **extra
+):
   """AutoAttack as its reference runs it: each component (APGD-CE, APGD-T,
   FAB-T, Square for 'standard') attacks only the points still robust after
   the ones before it (the batch is compacted on the host in between), and
@@ -258,22 +348,56 @@ def run_autoattack(state, images, labels, spec, *, mesh, specs, batch_size,
   record of `spec` with 'components' {name: accuracy}.
   """
   t_start, n = time.time(), len(labels)
-  keep = np.flatnonzero(robust_flags(state, images, labels, attacks.clean,
-                                     mesh=mesh, specs=specs,
-                                     batch_size=batch_size, seed=seed))
+  keep = np.flatnonzero(
+      robust_flags(
+          state,
+          images,
+          labels,
+          attacks.clean,
+          mesh=mesh,
+          specs=specs,
+          batch_size=batch_size,
+          seed=seed,
+      )
+  )
   out, after = [], {}
   for i, comp in enumerate(attacks.specs.autoattack_spec_components(spec)):
     t0 = time.time()
     if keep.size:
-      ok = robust_flags(state, images[keep], labels[keep],
-                        attacks.make_attack(comp.spec), mesh=mesh,
-                        specs=specs, batch_size=batch_size, seed=seed + 1 + i)
+      ok = robust_flags(
+          state,
+          images[keep],
+          labels[keep],
+          attacks.make_attack(comp.spec),
+          mesh=mesh,
+          specs=specs,
+          batch_size=batch_size,
+          seed=seed + 1 + i,
+      )
       keep = keep[ok]
     after[comp.name] = keep.size / max(n, 1)
-    out.append(record(comp.spec, after[comp.name], n, seed, time.time() - t0,
-                      component_of=str(spec), **extra))
-  out.append(record(spec, keep.size / max(n, 1), n, seed,
-                    time.time() - t_start, components=after, **extra))
+    out.append(
+        record(
+            comp.spec,
+            after[comp.name],
+            n,
+            seed,
+            time.time() - t0,
+            component_of=str(spec),
+            **extra,
+        )
+    )
+  out.append(
+      record(
+          spec,
+          keep.size / max(n, 1),
+          n,
+          seed,
+          time.time() - t_start,
+          components=after,
+          **extra,
+      )
+  )
   return out
 
 
@@ -290,22 +414,36 @@ def workdir_labels(text, workdirs):
   """Model names from a comma-separated --labels (default: folder names)."""
   if not workdirs:
     raise ValueError('--workdirs names no workdir')
-  labels = parse_list(text) if text else [
-      os.path.basename(os.path.normpath(w)) for w in workdirs]
+  labels = (
+      parse_list(text)
+      if text
+      else [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  )
   if len(labels) != len(workdirs) or len(set(labels)) != len(labels):
-    raise ValueError(f'--labels needs {len(workdirs)} distinct names, got '
-                     f'{labels}')
+    raise ValueError(
+        f'--labels needs {len(workdirs)} distinct names, got ' f'{labels}'
+    )
   return labels
 
 
 def add_report_args(parser):
   """The options the sweep and transfer CLIs share (argparse)."""
   parser.add_argument('--out', required=True, help='output folder')
-  parser.add_argument('--num_examples', type=int, default=None,
-                      help='seeded test subset size (default: the first '
-                      "workdir's config.eval.num_examples; 0 = all)")
-  parser.add_argument('--labels', default='',
-                      help='comma-separated names of the models (default: '
-                      'folder names)')
-  parser.add_argument('--seed', type=int, default=0,
-                      help='seed of the subset and of the random starts')
+  parser.add_argument(
+      '--num_examples',
+      type=int,
+      default=None,
+      help='seeded test subset size (default: the first '
+      "workdir's config.eval.num_examples; 0 = all)",
+  )
+  parser.add_argument(
+      '--labels',
+      default='',
+      help='comma-separated names of the models (default: ' 'folder names)',
+  )
+  parser.add_argument(
+      '--seed',
+      type=int,
+      default=0,
+      help='seed of the subset and of the random starts',
+  )

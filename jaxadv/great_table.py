@@ -12,6 +12,7 @@ at 8/255) on the same seeded test subset; writes table1.md / table1.json
 with the sanity flags of every model (gradient masking suspected when a
 gradient-free or minimal-perturbation attack beats the gradient attacks).
 """
+
 import argparse
 import os
 import sys
@@ -27,8 +28,13 @@ from jaxadv import sanity
 def _column(record):
   """A short column name for a Table 1 record."""
   a, target = record['attack'], record.get('target')
-  name = {'fgsm': 'FGSM', 'ifgsm': 'iFGSM', 'pgd': 'PGD', 'clean': 'clean',
-          'autoattack': 'AutoAttack'}.get(a, a)
+  name = {
+      'fgsm': 'FGSM',
+      'ifgsm': 'iFGSM',
+      'pgd': 'PGD',
+      'clean': 'clean',
+      'autoattack': 'AutoAttack',
+  }.get(a, a)
   if a == 'pgd':
     name = f'PGD-{record["steps"]}x{record["restarts"]}'
   if target in ('worst', 'random'):
@@ -45,35 +51,62 @@ def evaluate_run(workdir, label, num_examples=None):
   run = runs.load_run(workdir)
   c = run.config
   train_acc, n_train = evaluate.accuracy(
-      run.state, run.dataset.train_images, run.dataset.train_labels,
-      mesh=run.mesh, specs=run.specs, batch_size=c.eval_batch_size)
+      run.state,
+      run.dataset.train_images,
+      run.dataset.train_labels,
+      mesh=run.mesh,
+      specs=run.specs,
+      batch_size=c.eval_batch_size,
+  )
   settings = methods_lib.settings(methods_lib.get_method(c.method.name), c)
   t0 = time.time()
   records = evaluate.run_attacks(
-      run.state, run.dataset.test_images, run.dataset.test_labels,
-      c.eval.attacks, mesh=run.mesh, specs=run.specs,
+      run.state,
+      run.dataset.test_images,
+      run.dataset.test_labels,
+      c.eval.attacks,
+      mesh=run.mesh,
+      specs=run.specs,
       batch_size=c.eval.batch_size,
-      num_examples=c.eval.num_examples if num_examples is None
-      else num_examples, seed=c.eval.seed, method_settings=settings)
+      num_examples=c.eval.num_examples
+      if num_examples is None
+      else num_examples,
+      seed=c.eval.seed,
+      method_settings=settings,
+  )
   for r in records:
     r['model'] = label
-  return {'label': label, 'workdir': workdir, 'train_accuracy': train_acc,
-          'train_examples': n_train, 'eval_seconds': time.time() - t0,
-          'records': records}
+  return {
+      'label': label,
+      'workdir': workdir,
+      'train_accuracy': train_acc,
+      'train_examples': n_train,
+      'eval_seconds': time.time() - t0,
+      'records': records,
+  }
 
 
 def table(rows):
   """Markdown: one row per model, train accuracy then every attack (not
   AutoAttack's components) in percent."""
-  cols = [_column(r) for r in rows[0]['records']
-          if r.get('component_of') is None]
-  lines = ['| model | train | ' + ' | '.join(cols) + ' |',
-           '|---|---|' + '---|' * len(cols)]
+  cols = [
+      _column(r) for r in rows[0]['records'] if r.get('component_of') is None
+  ]
+  lines = [
+      '| model | train | ' + ' | '.join(cols) + ' |',
+      '|---|---|' + '---|' * len(cols),
+  ]
   for row in rows:
-    vals = [f'{100 * r["accuracy"]:.1f}' for r in row['records']
-            if r.get('component_of') is None]
-    lines.append(f'| {row["label"]} | {100 * row["train_accuracy"]:.1f} | '
-                 + ' | '.join(vals) + ' |')
+    vals = [
+        f'{100 * r["accuracy"]:.1f}'
+        for r in row['records']
+        if r.get('component_of') is None
+    ]
+    lines.append(
+        f'| {row["label"]} | {100 * row["train_accuracy"]:.1f} | '
+        + ' | '.join(vals)
+        + ' |'
+    )
   return '\n'.join(lines)
 
 
@@ -82,8 +115,12 @@ def main(argv=None):
   p.add_argument('--workdirs', required=True, help='comma-separated runs')
   p.add_argument('--labels', default='', help='comma-separated row names')
   p.add_argument('--out', required=True, help='output folder')
-  p.add_argument('--num_examples', type=int, default=None,
-                 help="test subset (default: each run's eval.num_examples)")
+  p.add_argument(
+      '--num_examples',
+      type=int,
+      default=None,
+      help="test subset (default: each run's eval.num_examples)",
+  )
   args = p.parse_args(argv)
   try:
     workdirs = evaluate.parse_list(args.workdirs)
@@ -97,16 +134,23 @@ def main(argv=None):
   rows = []
   for w, label in zip(workdirs, labels):
     rows.append(evaluate_run(w, label, args.num_examples))
-    print(f'{label}: evaluated in {rows[-1]["eval_seconds"]:.0f} s',
-          flush=True)
+    print(f'{label}: evaluated in {rows[-1]["eval_seconds"]:.0f} s', flush=True)
   records = [r for row in rows for r in row['records']]
   warnings = sanity.sanity_flags(records)
-  text = (table(rows) + '\n\n' + reports.markdown_table(
-      records, columns=('model', 'name', 'num_examples', 'accuracy')) +
-          '\n\n' + reports.warnings_markdown(warnings))
+  text = (
+      table(rows)
+      + '\n\n'
+      + reports.markdown_table(
+          records, columns=('model', 'name', 'num_examples', 'accuracy')
+      )
+      + '\n\n'
+      + reports.warnings_markdown(warnings)
+  )
   print(text)
-  reports.write_json(os.path.join(args.out, 'table1.json'),
-                     {'rows': rows, 'warnings': warnings})
+  reports.write_json(
+      os.path.join(args.out, 'table1.json'),
+      {'rows': rows, 'warnings': warnings},
+  )
   reports.write_text(os.path.join(args.out, 'table1.md'), text)
   print(f'wrote {args.out}/table1.md and table1.json')
   return 0

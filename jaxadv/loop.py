@@ -13,6 +13,7 @@ asynchronous runner (examples crafted by worker processes) is another source
 on the same loop. The loop owns everything else, so runners differ only in
 where their updates come from.
 """
+
 import contextlib
 import dataclasses
 import math
@@ -34,6 +35,7 @@ from jaxadv.errors import NonFiniteError
 class Plan:
   """Step counts and cadences of a run (batches = calls of the method's
   train_step; each makes updates_per_batch optimizer updates)."""
+
   steps_per_epoch: int
   updates_per_batch: int
   total_batches: int
@@ -44,14 +46,21 @@ class Plan:
 
   @classmethod
   def from_config(cls, config, built):
-    return cls(built.steps_per_epoch, built.updates_per_batch,
-               built.total_batches, config.log_every, config.eval_every,
-               config.checkpoint_every, config.halt_on_nonfinite)
+    return cls(
+        built.steps_per_epoch,
+        built.updates_per_batch,
+        built.total_batches,
+        config.log_every,
+        config.eval_every,
+        config.checkpoint_every,
+        config.halt_on_nonfinite,
+    )
 
 
 @dataclasses.dataclass
 class Outcome:
   """What the loop did: the final state and how it got there."""
+
   state: Any
   batches_done: int
   start_batches: int
@@ -66,19 +75,27 @@ class Outcome:
 def all_finite(state):
   """Every float array of the checkpointed state (every network's
   parameters, statistics and optimizer state, method state) is finite."""
-  leaves = [x for x in jax.tree_util.tree_leaves(ts.saved_tree(state))
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  leaves = [
+      x
+      for x in jax.tree_util.tree_leaves(ts.saved_tree(state))
+      if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+  ]
   return bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
 
 
 def nonfinite_message(state, ckpt):
   latest = ckpt.latest_step()
-  kept = (f'The last good checkpoint (step {latest}) is kept in '
-          f'{ckpt.directory}.' if latest is not None else
-          f'No checkpoint had been saved yet in {ckpt.directory}.')
-  return (f'parameters or statistics became NaN/Inf by step '
-          f'{int(state.step)}; not saved. {kept} Lower config.optim.lr or '
-          'check the data.')
+  kept = (
+      f'The last good checkpoint (step {latest}) is kept in '
+      f'{ckpt.directory}.'
+      if latest is not None
+      else f'No checkpoint had been saved yet in {ckpt.directory}.'
+  )
+  return (
+      f'parameters or statistics became NaN/Inf by step '
+      f'{int(state.step)}; not saved. {kept} Lower config.optim.lr or '
+      'check the data.'
+  )
 
 
 def agree(flag):
@@ -88,8 +105,8 @@ def agree(flag):
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(
-      np.asarray(bool(flag)))))
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 @contextlib.contextmanager
@@ -102,9 +119,11 @@ def stop_on_signals():
     if flag['signal'] is not None:  # a second Ctrl-C: leave now
       raise KeyboardInterrupt
     flag['signal'] = signal.Signals(signum).name
+
   try:
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT,
-                                                   signal.SIGTERM)}
+    old = {
+        s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+    }
   except ValueError:  # not the main thread: no handlers
     yield flag
     return
@@ -124,27 +143,37 @@ class Logger:
     self.pending, self.last = None, None
 
   def add(self, metrics):
-    self.pending = metrics if self.pending is None else (
-        jax.tree_util.tree_map(jnp.add, self.pending, metrics))
+    self.pending = (
+        metrics
+        if self.pending is None
+        else (jax.tree_util.tree_map(jnp.add, self.pending, metrics))
+    )
 
   def flush(self, state, batches_done):
     if self.pending is None:
       return
     fetched = parallel.fetch(self.pending)
-    metrics = {k: float(s) / max(float(c), 1.0)
-               for k, (s, c) in fetched.items()}
+    metrics = {
+        k: float(s) / max(float(c), 1.0) for k, (s, c) in fetched.items()
+    }
     self.pending, self.last = None, batches_done
     if self.plan.halt_on_nonfinite and not all(
-        math.isfinite(v) for v in metrics.values()):
+        math.isfinite(v) for v in metrics.values()
+    ):
       raise NonFiniteError(
           f'non-finite training metrics {metrics} by step '
           f'{int(state.step)}; stopped without saving: the last good '
-          'checkpoint is kept. Lower config.optim.lr or check the data.')
+          'checkpoint is kept. Lower config.optim.lr or check the data.'
+      )
     step = int(state.step)
     metrics['lr'] = float(self.schedule(max(step - 1, 0)))
-    self.jsonl.write({'step': step,
-                      'epoch': batches_done / self.plan.steps_per_epoch,
-                      **metrics})
+    self.jsonl.write(
+        {
+            'step': step,
+            'epoch': batches_done / self.plan.steps_per_epoch,
+            **metrics,
+        }
+    )
     self.bar.update(batches_done, metrics)
 
 
@@ -153,19 +182,25 @@ def save(ckpt, state, plan, **meta):
   if not all_finite(state):
     raise NonFiniteError(nonfinite_message(state, ckpt))
   step = int(state.step)
-  ckpt.save(step, state, {'batches_done': step // plan.updates_per_batch,
-                          'epoch': step // plan.updates_per_batch /
-                                   plan.steps_per_epoch, **meta})
+  ckpt.save(
+      step,
+      state,
+      {
+          'batches_done': step // plan.updates_per_batch,
+          'epoch': step // plan.updates_per_batch / plan.steps_per_epoch,
+          **meta,
+      },
+  )
 
 
 def _run_epoch(out, source, logger, plan, stop):
   """Runs the rest of the current epoch (or until a stop is agreed).
   Returns True if the epoch finished."""
   epoch, offset = divmod(out.batches_done, plan.steps_per_epoch)
-  epoch_stop = min(plan.steps_per_epoch,
-                   plan.total_batches - epoch * plan.steps_per_epoch)
-  for state, metrics, n in source.chunks(out.state, epoch, offset,
-                                         epoch_stop):
+  epoch_stop = min(
+      plan.steps_per_epoch, plan.total_batches - epoch * plan.steps_per_epoch
+  )
+  for state, metrics, n in source.chunks(out.state, epoch, offset, epoch_stop):
     out.state = state
     logger.add(metrics)
     out.batches_done += n
@@ -173,8 +208,7 @@ def _run_epoch(out, source, logger, plan, stop):
     if out.t_steady is None:  # the first call compiles: time from its end
       jax.block_until_ready(state.step)
       out.t_steady, out.steady_from = time.time(), out.batches_done
-    if (out.batches_done - logger.last >= plan.log_every or
-        offset >= epoch_stop):
+    if out.batches_done - logger.last >= plan.log_every or offset >= epoch_stop:
       logger.flush(out.state, out.batches_done)
     if agree(stop['signal'] is not None) or offset >= epoch_stop:
       break
@@ -203,8 +237,11 @@ def run(state, source, *, plan, ckpt, logger, end_of_epoch: Callable):
       if stop_status is not None:
         out.status, out.early_stopped = stop_status, True
         break
-      if (out.batches_done < plan.total_batches and plan.checkpoint_every
-          and epoch % plan.checkpoint_every == 0):
+      if (
+          out.batches_done < plan.total_batches
+          and plan.checkpoint_every
+          and epoch % plan.checkpoint_every == 0
+      ):
         save(ckpt, out.state, plan)
       if agree(stop['signal'] is not None):  # during the epoch's end
         break

@@ -1,4 +1,5 @@
 """Wong et al.'s catastrophic-overfitting monitor, for any method."""
+
 import os
 
 import numpy as np
@@ -22,15 +23,19 @@ class OverfitMonitor:
   def __init__(self, config, ds, mesh, specs, workdir, method_settings=None):
     m = config.monitor
     n = min(m.num_examples, len(ds.train_labels))
-    idx = np.sort(np.random.default_rng([config.seed, 7]).permutation(
-        len(ds.train_labels))[:n])
+    idx = np.sort(
+        np.random.default_rng([config.seed, 7]).permutation(
+            len(ds.train_labels)
+        )[:n]
+    )
     self.images, self.labels = ds.train_images[idx], ds.train_labels[idx]
     ndev = mesh.devices.size
     self.batch_size = -(-n // ndev) * ndev
     self.mesh, self.specs, self.max_drop = mesh, specs, m.max_drop
     self.spec = attacks.parse_attack(m.attack, method_settings)
-    self.acc_fn = evaluate.make_accuracy_fn(mesh, specs,
-                                            attacks.make_attack(self.spec))
+    self.acc_fn = evaluate.make_accuracy_fn(
+        mesh, specs, attacks.make_attack(self.spec)
+    )
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'best'), 1)
     self.best = -1.0
     if self.ckpt.latest_step() is not None:
@@ -41,7 +46,8 @@ class OverfitMonitor:
     if not loop.all_finite(state):  # never keep a NaN state as the best one
       raise NonFiniteError(
           f'parameters or statistics became NaN/Inf by step '
-          f'{int(state.step)}; the monitor did not keep this state')
+          f'{int(state.step)}; the monitor did not keep this state'
+      )
     acc = self.robust_accuracy(state)
     if acc > self.best:
       self.best = acc
@@ -54,9 +60,15 @@ class OverfitMonitor:
 
   def robust_accuracy(self, state):
     """Accuracy under the monitor's attack on its fixed training batch."""
-    return evaluate.accuracy(state, self.images, self.labels, mesh=self.mesh,
-                             specs=self.specs, batch_size=self.batch_size,
-                             accuracy_fn=self.acc_fn)[0]
+    return evaluate.accuracy(
+        state,
+        self.images,
+        self.labels,
+        mesh=self.mesh,
+        specs=self.specs,
+        batch_size=self.batch_size,
+        accuracy_fn=self.acc_fn,
+    )[0]
 
   def best_state(self, template):
     return self.ckpt.restore(template)[0]

@@ -1,4 +1,5 @@
 """optax optimizers and learning-rate schedules built from `config.optim`."""
+
 import re
 
 import jax
@@ -23,8 +24,12 @@ def make_schedule(cfg, total_steps, steps_per_epoch=1):
   if name == 'onecycle':
     peak = max(int(round(cfg.onecycle_peak * total)), 1)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, peak),
-         optax.linear_schedule(lr, 0.0, max(total - peak, 1))], [peak])
+        [
+            optax.linear_schedule(0.0, lr, peak),
+            optax.linear_schedule(lr, 0.0, max(total - peak, 1)),
+        ],
+        [peak],
+    )
   if name == 'poly':
     power = float(cfg.poly_power)
     return lambda step: lr * jnp.maximum(1.0 - step / total, 0.0) ** power
@@ -33,18 +38,23 @@ def make_schedule(cfg, total_steps, steps_per_epoch=1):
   elif name == 'piecewise':
     # Boundaries are fractions of all `total` steps; join_schedules below
     # counts `main`'s steps from the end of the warm-up.
-    bounds = {int(round(b * total)) - warm: float(s)
-              for b, s in zip(cfg.boundaries, cfg.scales)}
+    bounds = {
+        int(round(b * total)) - warm: float(s)
+        for b, s in zip(cfg.boundaries, cfg.scales)
+    }
     main = optax.piecewise_constant_schedule(lr, bounds)
   elif name == 'cosine':
     main = optax.cosine_decay_schedule(lr, max(total - warm, 1))
   else:
-    raise ValueError(f"unknown config.optim.schedule '{name}'; valid: "
-                     f"{', '.join(SCHEDULES)}")
+    raise ValueError(
+        f"unknown config.optim.schedule '{name}'; valid: "
+        f"{', '.join(SCHEDULES)}"
+    )
   if warm <= 0:
     return main
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warm), main], [warm])
+      [optax.linear_schedule(0.0, lr, warm), main], [warm]
+  )
 
 
 def _base_transform(cfg, schedule, weight_decay):
@@ -53,15 +63,20 @@ def _base_transform(cfg, schedule, weight_decay):
     # L2 on the gradient, as torch.optim.SGD(weight_decay=...) does.
     return optax.chain(
         optax.add_decayed_weights(weight_decay),
-        optax.sgd(schedule, momentum=cfg.momentum or None,
-                  nesterov=cfg.nesterov))
+        optax.sgd(
+            schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov
+        ),
+    )
   if cfg.name == 'adam':
     return optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
   if cfg.name == 'adamw':
-    return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
-                       weight_decay=weight_decay)
-  raise ValueError(f"unknown config.optim.name '{cfg.name}'; valid: "
-                   f"{', '.join(OPTIMIZERS)}")
+    return optax.adamw(
+        schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=weight_decay
+    )
+  raise ValueError(
+      f"unknown config.optim.name '{cfg.name}'; valid: "
+      f"{', '.join(OPTIMIZERS)}"
+  )
 
 
 def param_path(path):
@@ -79,7 +94,9 @@ def pattern_labels(groups):
     def label(path, _):
       p = param_path(path)
       return next((n for n, rx in compiled if rx.search(p)), 'default')
+
     return jax.tree_util.tree_map_with_path(label, params)
+
   return labels
 
 
@@ -90,8 +107,11 @@ def _group_transform(cfg, schedule, group):
     return optax.set_to_zero()
   scale = float(group.get('lr_scale', 1.0))
   wd = group.get('weight_decay', None)
-  return _base_transform(cfg, lambda step: scale * schedule(step),
-                         cfg.weight_decay if wd is None else wd)
+  return _base_transform(
+      cfg,
+      lambda step: scale * schedule(step),
+      cfg.weight_decay if wd is None else wd,
+  )
 
 
 def make_optimizer(cfg, total_steps, steps_per_epoch=1, labels=None):
@@ -111,8 +131,9 @@ def make_optimizer(cfg, total_steps, steps_per_epoch=1, labels=None):
   if not groups and labels is None:
     tx = _base_transform(cfg, schedule, cfg.weight_decay)
   else:
-    transforms = {name: _group_transform(cfg, schedule, g)
-                  for name, g in groups.items()}
+    transforms = {
+        name: _group_transform(cfg, schedule, g) for name, g in groups.items()
+    }
     transforms['default'] = _base_transform(cfg, schedule, cfg.weight_decay)
     tx = optax.multi_transform(transforms, labels or pattern_labels(groups))
   if cfg.grad_clip and cfg.grad_clip > 0:

@@ -5,6 +5,7 @@ is named 'data'. Everything in the TrainState is replicated except
 `method_state['per_example']`, whose leaves lead with the global batch axis
 and are split over devices like the batch.
 """
+
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
@@ -25,23 +26,30 @@ def state_specs(state):
   """PartitionSpecs of a TrainState (same pytree structure)."""
   specs = jax.tree_util.tree_map(lambda _: P(), state)
   ms = state.method_state
-  return specs.replace(method_state={
-      'per_example': jax.tree_util.tree_map(lambda _: P(AXIS),
-                                            ms.get('per_example', {})),
-      'shared': jax.tree_util.tree_map(lambda _: P(), ms.get('shared', {}))})
+  return specs.replace(
+      method_state={
+          'per_example': jax.tree_util.tree_map(
+              lambda _: P(AXIS), ms.get('per_example', {})
+          ),
+          'shared': jax.tree_util.tree_map(lambda _: P(), ms.get('shared', {})),
+      }
+  )
 
 
 def shardings(mesh, specs):
-  return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs,
-                                is_leaf=_is_spec)
+  return jax.tree_util.tree_map(
+      lambda s: NamedSharding(mesh, s), specs, is_leaf=_is_spec
+  )
 
 
 def put_global(tree, mesh, specs):
   """Places host values holding the *global* arrays (identical on every
   process) onto the mesh with `specs`."""
+
   def put(x, sharding):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
   return jax.tree_util.tree_map(put, tree, shardings(mesh, specs))
 
 
@@ -51,7 +59,8 @@ def put_local_batch(tree, mesh, spec):
   sharding = NamedSharding(mesh, spec)
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      tree)
+      tree,
+  )
 
 
 def fetch(tree):

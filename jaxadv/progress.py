@@ -1,4 +1,5 @@
 """Terminal progress bar and the metrics.jsonl writer."""
+
 import json
 import os
 import sys
@@ -12,7 +13,9 @@ class Progress:
   def __init__(self, total_steps, start_step=0, enabled=True, stream=None):
     self.total, self.start = total_steps, start_step
     self.stream = stream or sys.stderr
-    self.tty = enabled and hasattr(self.stream, 'isatty') and self.stream.isatty()
+    self.tty = (
+        enabled and hasattr(self.stream, 'isatty') and self.stream.isatty()
+    )
     self.enabled = enabled
     self.t0 = time.time()
 
@@ -24,10 +27,12 @@ class Progress:
     rate = done / elapsed
     eta = (self.total - step) / rate if rate > 0 else float('nan')
     frac = step / max(self.total, 1)
-    shown = ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()
-                     if k in ('loss', 'accuracy', 'adv_accuracy'))
-    text = (f'{step}/{self.total} {rate:.2f} steps/s {shown} '
-            f'ETA {_hms(eta)}')
+    shown = ' '.join(
+        f'{k} {v:.4f}'
+        for k, v in metrics.items()
+        if k in ('loss', 'accuracy', 'adv_accuracy')
+    )
+    text = f'{step}/{self.total} {rate:.2f} steps/s {shown} ' f'ETA {_hms(eta)}'
     if self.tty:
       bar = '#' * int(30 * frac)
       self.stream.write(f'\r[{bar:<30}] {text}\033[K')

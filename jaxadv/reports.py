@@ -1,5 +1,6 @@
 """Eval reports: markdown tables of eval records, the sanity-flag section,
 and the JSON/markdown files a run writes (process 0 only)."""
+
 import json
 import os
 
@@ -8,20 +9,37 @@ import jax
 from jaxadv import sanity
 
 
-def markdown_table(records, columns=('name', 'norm', 'eps', 'steps',
-                                     'step_size', 'restarts', 'loss',
-                                     'num_examples', 'accuracy')):
+def markdown_table(
+    records,
+    columns=(
+        'name',
+        'norm',
+        'eps',
+        'steps',
+        'step_size',
+        'restarts',
+        'loss',
+        'num_examples',
+        'accuracy',
+    ),
+):
   """Markdown table of eval records (accuracy in percent)."""
+
   def fmt(key, v):
     if key == 'accuracy':
       return f'{100 * v:.2f}%'
     if isinstance(v, float):
       return f'{v:.4g}'
     return '' if v is None else str(v)
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '|'.join('---' for _ in columns) + '|']
-  lines += ['| ' + ' | '.join(fmt(c, r.get(c)) for c in columns) + ' |'
-            for r in records]
+
+  lines = [
+      '| ' + ' | '.join(columns) + ' |',
+      '|' + '|'.join('---' for _ in columns) + '|',
+  ]
+  lines += [
+      '| ' + ' | '.join(fmt(c, r.get(c)) for c in columns) + ' |'
+      for r in records
+  ]
   return '\n'.join(lines)
 
 
@@ -29,8 +47,9 @@ def warnings_markdown(warnings):
   """The sanity-flag section printed below every table."""
   if not warnings:
     return 'Sanity checks: no warnings.'
-  return '\n'.join(['Sanity checks: WARNINGS'] +
-                   [f'- WARNING: {w}' for w in warnings])
+  return '\n'.join(
+      ['Sanity checks: WARNINGS'] + [f'- WARNING: {w}' for w in warnings]
+  )
 
 
 def write_json(path, obj):
@@ -53,7 +72,9 @@ def write_report(records, workdir, name='eval'):
   and <name>.md; returns the markdown: the table, then the sanity flags."""
   warnings = sanity.sanity_flags(records)
   text = markdown_table(records) + '\n\n' + warnings_markdown(warnings)
-  write_json(os.path.join(workdir, f'{name}.json'),
-             {'records': records, 'warnings': warnings})
+  write_json(
+      os.path.join(workdir, f'{name}.json'),
+      {'records': records, 'warnings': warnings},
+  )
   write_text(os.path.join(workdir, f'{name}.md'), text)
   return text

@@ -17,6 +17,7 @@ plus `split_top_level` for list-valued --config overrides. Pure Python (no
 JAX), so main.py can use it before JAX starts. Errors are ConfigError with a
 one-line message naming the path and the fix.
 """
+
 import datetime
 import errno
 import hashlib
@@ -74,8 +75,9 @@ def _errno_reason(exc: OSError) -> str:
 
 def has_run(path: str) -> bool:
   """Whether `path` holds a run: config.json or checkpoints/."""
-  return (os.path.isfile(os.path.join(path, CONFIG_FILE)) or
-          os.path.isdir(os.path.join(path, CHECKPOINT_DIR)))
+  return os.path.isfile(os.path.join(path, CONFIG_FILE)) or os.path.isdir(
+      os.path.join(path, CHECKPOINT_DIR)
+  )
 
 
 def check_workdir(path: str, mode: str) -> str:
@@ -94,38 +96,51 @@ def check_workdir(path: str, mode: str) -> str:
     raise ConfigError('--workdir is empty; pass a directory for the run')
   full = os.path.abspath(os.path.expanduser(path))
   if os.path.lexists(full) and not os.path.isdir(full):
-    raise ConfigError(f'--workdir {path} is a file, not a directory; pass a '
-                      'directory path')
+    raise ConfigError(
+        f'--workdir {path} is a file, not a directory; pass a ' 'directory path'
+    )
   existing = _nearest_existing(full)
   if not os.path.isdir(existing):
-    raise ConfigError(f'--workdir {path} lies under {existing}, which is a '
-                      'file; pass a directory path')
+    raise ConfigError(
+        f'--workdir {path} lies under {existing}, which is a '
+        'file; pass a directory path'
+    )
   if mode == 'eval':
     if existing != full:
-      raise ConfigError(f'no run in {path}: the directory does not exist; '
-                        'pass the --workdir of a trained run')
+      raise ConfigError(
+          f'no run in {path}: the directory does not exist; '
+          'pass the --workdir of a trained run'
+      )
     if not has_run(full):
-      raise ConfigError(f'no run in {path}: it holds neither {CONFIG_FILE} '
-                        f'nor {CHECKPOINT_DIR}/; pass the --workdir of a '
-                        'trained run')
+      raise ConfigError(
+          f'no run in {path}: it holds neither {CONFIG_FILE} '
+          f'nor {CHECKPOINT_DIR}/; pass the --workdir of a '
+          'trained run'
+      )
     reason = _writable_dir(full)
     if reason:
-      raise ConfigError(f'--workdir {path} is not writable ({reason}) and '
-                        '--mode eval writes its reports there: make it '
-                        'writable, or copy the run to a writable directory '
-                        'and evaluate the copy')
+      raise ConfigError(
+          f'--workdir {path} is not writable ({reason}) and '
+          '--mode eval writes its reports there: make it '
+          'writable, or copy the run to a writable directory '
+          'and evaluate the copy'
+      )
     return full
   reason = _writable_dir(existing)
   if reason:
     where = '' if existing == full else f' (cannot create it in {existing})'
-    raise ConfigError(f'--workdir {path} is not writable{where}: {reason}; '
-                      'pass a writable directory')
+    raise ConfigError(
+        f'--workdir {path} is not writable{where}: {reason}; '
+        'pass a writable directory'
+    )
   ckpt = os.path.join(full, CHECKPOINT_DIR)
   if os.path.isdir(ckpt):
     reason = _writable_dir(ckpt)
     if reason:
-      raise ConfigError(f'{ckpt} is not writable ({reason}); make it writable '
-                        'or pass a new --workdir')
+      raise ConfigError(
+          f'{ckpt} is not writable ({reason}); make it writable '
+          'or pass a new --workdir'
+      )
   return full
 
 
@@ -138,23 +153,32 @@ def check_workdir(path: str, mode: str) -> str:
 # The run layer adds the keys a method declares through `extra_fatal` (e.g.
 # 'batch_size' for a method with per-example state such as Free's delta).
 FATAL_KEYS = (
-    'model',            # architecture, kwargs, dual_bn, activation, normalize
-    'data.name',        # classes, image shape
-    'method.name',      # nets, frozen nets and method_state layout
-    'method.aux',       # a method's auxiliary networks (their params, optim)
+    'model',  # architecture, kwargs, dual_bn, activation, normalize
+    'data.name',  # classes, image shape
+    'method.name',  # nets, frozen nets and method_state layout
+    'method.aux',  # a method's auxiliary networks (their params, optim)
     'method.networks',
-    'optim.name',       # opt_state layout (sgd trace vs adam moments)
+    'optim.name',  # opt_state layout (sgd trace vs adam moments)
     'optim.groups.*.pattern',  # which parameters each group's state covers
-    'optim.groups.*.frozen',   # set_to_zero (no state) vs the optimizer's
+    'optim.groups.*.frozen',  # set_to_zero (no state) vs the optimizer's
 )
 # Keys whose change alters opt_state's structure only when they switch
 # between zero (absent from the optax chain) and positive; see jaxadv.optim.
 FATAL_WHEN_TOGGLED = ('optim.grad_clip', 'optim.momentum')
 # Keys that change neither the state nor the training: never warned about.
 IGNORED_KEYS = (
-    'checkpoint_every', 'data.cache_dir', 'data.data_dir', 'data.feed',
-    'distributed', 'eval', 'eval_batch_size', 'eval_every',
-    'halt_on_nonfinite', 'keep_checkpoints', 'log_every', 'progress',
+    'checkpoint_every',
+    'data.cache_dir',
+    'data.data_dir',
+    'data.feed',
+    'distributed',
+    'eval',
+    'eval_batch_size',
+    'eval_every',
+    'halt_on_nonfinite',
+    'keep_checkpoints',
+    'log_every',
+    'progress',
     'steps_per_call',
 )
 # Every other key (num_epochs, batch_size, optim.*, data.* subsets, method
@@ -170,7 +194,8 @@ def _matches(key: str, entries: Iterable[str]) -> bool:
   for entry in entries:
     want = entry.split('.')
     if len(want) <= len(parts) and all(
-        w in ('*', p) for w, p in zip(want, parts)):
+        w in ('*', p) for w, p in zip(want, parts)
+    ):
       return True
   return False
 
@@ -200,17 +225,20 @@ def config_changes(saved: Mapping, new: Mapping) -> dict:
   """{dotted key: (old, new)} for every leaf that differs, sorted by key; a
   key present on one side only shows '(absent)' on the other."""
   a, b = flatten(_jsonable(saved)), flatten(_jsonable(new))
-  return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
-          for k in sorted(set(a) | set(b))
-          if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+  return {
+      k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
+      for k in sorted(set(a) | set(b))
+      if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+  }
 
 
 def _positive(value: Any) -> bool:
   return isinstance(value, (int, float)) and value > 0
 
 
-def compare_configs(saved: Mapping, new: Mapping, *,
-                    extra_fatal: Iterable[str] = ()) -> tuple[list, list]:
+def compare_configs(
+    saved: Mapping, new: Mapping, *, extra_fatal: Iterable[str] = ()
+) -> tuple[list, list]:
   """(fatal, risky): sorted dotted keys that differ between two configs.
 
   `saved` is a run's config.json, `new` the config it is rerun with
@@ -234,13 +262,15 @@ def compare_configs(saved: Mapping, new: Mapping, *,
 
 def _short(value: Any, limit: int = 40) -> str:
   text = value if isinstance(value, str) else json.dumps(value)
-  return text if len(text) <= limit else text[:limit - 3] + '...'
+  return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 def describe(changes: Mapping, keys: Iterable[str]) -> str:
   """'config.a (1 -> 2), config.b (x -> y)' for `keys` of config_changes."""
-  return ', '.join(f'config.{k} ({_short(changes[k][0])} -> '
-                   f'{_short(changes[k][1])})' for k in keys)
+  return ', '.join(
+      f'config.{k} ({_short(changes[k][0])} -> ' f'{_short(changes[k][1])})'
+      for k in keys
+  )
 
 
 def read_saved_config(workdir: str) -> Optional[dict]:
@@ -253,20 +283,27 @@ def read_saved_config(workdir: str) -> Optional[dict]:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
-    raise ConfigError(f'{path} is damaged ({type(e).__name__}: '
-                      f'{str(e).splitlines()[0] if str(e) else ""}); restore '
-                      'it from a copy of the run or use a new --workdir'
-                      ) from None
+    raise ConfigError(
+        f'{path} is damaged ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}); restore '
+        'it from a copy of the run or use a new --workdir'
+    ) from None
   if not isinstance(saved, dict):
-    raise ConfigError(f'{path} is damaged (not a JSON object); restore it '
-                      'from a copy of the run or use a new --workdir')
+    raise ConfigError(
+        f'{path} is damaged (not a JSON object); restore it '
+        'from a copy of the run or use a new --workdir'
+    )
   return saved
 
 
-def record_config(workdir: str, config_dict: Mapping, *,
-                  resumed_from_step: Optional[int] = None,
-                  extra_fatal: Iterable[str] = (),
-                  write: bool = True) -> dict:
+def record_config(
+    workdir: str,
+    config_dict: Mapping,
+    *,
+    resumed_from_step: Optional[int] = None,
+    extra_fatal: Iterable[str] = (),
+    write: bool = True,
+) -> dict:
   """Records the config of a run; returns the risky changes {key: (old, new)}.
 
   The first run writes <workdir>/config.json. A rerun (config.json exists)
@@ -281,23 +318,31 @@ def record_config(workdir: str, config_dict: Mapping, *,
   saved = read_saved_config(workdir)
   if saved is None:
     if write:
-      write_atomic(os.path.join(workdir, CONFIG_FILE),
-                   json.dumps(_jsonable(config_dict), indent=2,
-                              default=str) + '\n')
+      write_atomic(
+          os.path.join(workdir, CONFIG_FILE),
+          json.dumps(_jsonable(config_dict), indent=2, default=str) + '\n',
+      )
     return {}
   changes = config_changes(saved, config_dict)
   fatal, risky = compare_configs(saved, config_dict, extra_fatal=extra_fatal)
   if fatal:
     verb = 'differs' if len(fatal) == 1 else 'differ'
-    raise ConfigError(f'{describe(changes, fatal)} {verb} from the run in '
-                      f'{workdir}: its checkpoint cannot be restored with '
-                      'this config; use a new --workdir (or drop the '
-                      'override)')
+    raise ConfigError(
+        f'{describe(changes, fatal)} {verb} from the run in '
+        f'{workdir}: its checkpoint cannot be restored with '
+        'this config; use a new --workdir (or drop the '
+        'override)'
+    )
   if write:
-    record = {'time': datetime.datetime.now(datetime.timezone.utc)
-                      .isoformat(timespec='seconds'),
-              'resumed_from_step': resumed_from_step,
-              'changed': {k: list(v) for k, v in changes.items()}}
+    record = {
+        'time': (
+            datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec='seconds'
+            )
+        ),
+        'resumed_from_step': resumed_from_step,
+        'changed': {k: list(v) for k, v in changes.items()},
+    }
     path = os.path.join(workdir, HISTORY_FILE)
     try:
       with open(path, 'a') as f:
@@ -309,9 +354,11 @@ def record_config(workdir: str, config_dict: Mapping, *,
 
 def risky_warning(workdir: str, risky: Mapping) -> str:
   """One line for record_config's risky changes (without 'warning: ')."""
-  return (f'{describe(risky, risky)} differ{"s" if len(risky) == 1 else ""} '
-          f'from the run in {workdir}; continuing (recorded in '
-          f'{HISTORY_FILE})')
+  return (
+      f'{describe(risky, risky)} differ{"s" if len(risky) == 1 else ""} '
+      f'from the run in {workdir}; continuing (recorded in '
+      f'{HISTORY_FILE})'
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -361,18 +408,27 @@ def truncate_metrics(path: str, step: int) -> int:
 # Reports and atomic writes.
 
 
-def report_name(attack_specs: Iterable[str], num_examples: int = 0,
-                seed: int = 0, **settings: Any) -> str:
+def report_name(
+    attack_specs: Iterable[str],
+    num_examples: int = 0,
+    seed: int = 0,
+    **settings: Any,
+) -> str:
   """'eval-' + 8 hex digits of the settings: a stable file stem per eval.
 
   Two evaluations with the same attack specs (in order), num_examples, seed
   and `settings` (e.g. dtype) share the name (a rerun replaces its own
   report); any other evaluation gets its own, so an earlier report is kept.
   """
-  key = json.dumps({'attacks': [str(s) for s in attack_specs],
-                    'num_examples': int(num_examples), 'seed': int(seed),
-                    **{k: _jsonable(v) for k, v in settings.items()}},
-                   sort_keys=True)
+  key = json.dumps(
+      {
+          'attacks': [str(s) for s in attack_specs],
+          'num_examples': int(num_examples),
+          'seed': int(seed),
+          **{k: _jsonable(v) for k, v in settings.items()},
+      },
+      sort_keys=True,
+  )
   return 'eval-' + hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
@@ -385,9 +441,9 @@ def write_atomic(path: str, text) -> None:
   data = text.encode() if isinstance(text, str) else bytes(text)
   tmp = None
   try:
-    fd, tmp = tempfile.mkstemp(dir=folder,
-                               prefix=f'.{os.path.basename(path)}.',
-                               suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(
+        dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp'
+    )
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
       f.flush()
@@ -417,9 +473,11 @@ def check_free_space(path: str, min_bytes: int) -> int:
     where = os.path.dirname(where)
   free = shutil.disk_usage(where).free
   if free < min_bytes:
-    raise ConfigError(f'only {_mb(free)} free on the file system of {path}; '
-                      f'the run needs about {_mb(min_bytes)} (checkpoints): '
-                      'free some space or pass another --workdir')
+    raise ConfigError(
+        f'only {_mb(free)} free on the file system of {path}; '
+        f'the run needs about {_mb(min_bytes)} (checkpoints): '
+        'free some space or pass another --workdir'
+    )
   return free
 
 
@@ -447,13 +505,17 @@ def disk_error_message(exc: BaseException, path: str) -> Optional[str]:
       code = errno.ENOSPC  # tensorstore reports it as text
     if code in (errno.ENOSPC, errno.EDQUOT):
       name = 'ENOSPC' if code == errno.ENOSPC else 'EDQUOT'
-      return (f'no space left on device ({name}) writing {path}: free some '
-              'space, then rerun the same command (it resumes from the '
-              'last checkpoint)')
+      return (
+          f'no space left on device ({name}) writing {path}: free some '
+          'space, then rerun the same command (it resumes from the '
+          'last checkpoint)'
+      )
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
       name = errno.errorcode[code]
-      return (f'cannot write {path} ({name}: {_errno_reason(e)}); make it '
-              'writable or pass another --workdir')
+      return (
+          f'cannot write {path} ({name}: {_errno_reason(e)}); make it '
+          'writable or pass another --workdir'
+      )
   return None
 
 
@@ -508,8 +570,7 @@ def split_list_overrides(config: Any, paths: Iterable[str]) -> dict:
         node = node[part]
     except (KeyError, TypeError, AttributeError):
       continue
-    if not isinstance(node, tuple) or not all(isinstance(v, str)
-                                              for v in node):
+    if not isinstance(node, tuple) or not all(isinstance(v, str) for v in node):
       continue
     items = tuple(item for v in node for item in split_top_level(v))
     if items != node:

@@ -3,6 +3,7 @@ dataset, for evaluation, sweeps, transfer matrices and studies.
 
 Imports the construction layer (build) and checkpoints, never the trainer.
 """
+
 import os
 import sys
 from typing import Any, NamedTuple
@@ -16,6 +17,7 @@ from jaxadv.errors import ConfigError
 class Run(NamedTuple):
   """A trained run, restored: unpacks as (config, state, specs, mesh,
   dataset)."""
+
   config: Any
   state: Any
   specs: Any
@@ -38,16 +40,21 @@ def restore_latest(workdir, template, keep=3):
     if not steps:
       raise FileNotFoundError(
           f'no checkpoint in {ckpt.directory}; train first (--mode train) or '
-          'point --workdir at a finished run')
+          'point --workdir at a finished run'
+      )
     for step in steps:
       try:
         return ckpt.restore(template, step)
       except Exception as e:  # pylint: disable=broad-except
-        print(f'warning: checkpoint {ckpt.directory}/{step} does not '
-              f'restore ({ckpt_lib.short_reason(e)}); trying the previous '
-              'one', file=sys.stderr)
-    raise ConfigError(f'no checkpoint in {ckpt.directory} restores; '
-                      'retrain the run')
+        print(
+            f'warning: checkpoint {ckpt.directory}/{step} does not '
+            f'restore ({ckpt_lib.short_reason(e)}); trying the previous '
+            'one',
+            file=sys.stderr,
+        )
+    raise ConfigError(
+        f'no checkpoint in {ckpt.directory} restores; ' 'retrain the run'
+    )
   finally:
     ckpt.close()
 

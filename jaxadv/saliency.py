@@ -8,6 +8,7 @@ Saliency of image x for model f: |d CE(f(x), y) / dx|, the maximum over
 colour channels, scaled to [0, 1] per image and model (inference-mode
 BatchNorm). The images are a seeded random draw from the test split.
 """
+
 import argparse
 import os
 import sys
@@ -37,15 +38,20 @@ def saliency(state, images, labels):
 def plot(images, maps, labels, path):
   """Rows: images; columns: the image, then each model's saliency map."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   n, m = len(images), len(maps)
-  fig, axes = plt.subplots(n, m + 1, figsize=(1.8 * (m + 1), 1.9 * n),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+      n, m + 1, figsize=(1.8 * (m + 1), 1.9 * n), squeeze=False
+  )
   for i in range(n):
     img = np.asarray(images[i])
-    axes[i, 0].imshow(img[..., 0] if img.shape[-1] == 1 else img,
-                      cmap='gray' if img.shape[-1] == 1 else None)
+    axes[i, 0].imshow(
+        img[..., 0] if img.shape[-1] == 1 else img,
+        cmap='gray' if img.shape[-1] == 1 else None,
+    )
     for j, label in enumerate(labels):
       axes[i, j + 1].imshow(maps[j][i], cmap='hot', vmin=0, vmax=1)
       if i == 0:
@@ -80,9 +86,12 @@ def main(argv=None):
   for w in workdirs:
     run = runs.load_run(w)
     if images is None:
-      images, y = evaluate.subset(run.dataset.test_images,
-                                  run.dataset.test_labels, args.num_images,
-                                  args.seed)
+      images, y = evaluate.subset(
+          run.dataset.test_images,
+          run.dataset.test_labels,
+          args.num_images,
+          args.seed,
+      )
     maps.append(saliency(run.state, images, y))
   plot(images, maps, labels, args.out)
   print(f'wrote {args.out}')

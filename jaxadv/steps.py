@@ -1,6 +1,7 @@
 """The synchronous data-parallel step source: jit(shard_map(scan(train_step)))
 over a 1-D mesh, fed from the host or from a device-resident train split.
 """
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -58,23 +59,38 @@ def make_train_fn(built, mesh, augment_kind, on_device=False):
 
   batch = P(None, parallel.AXIS)
   if on_device:
+
     def chunk(state, train_images, train_labels, index):
       # The gather runs inside the scan body: one batch of images is live.
       return _scan_or_once(
-          lambda st, idx: step(st, jnp.take(train_images, idx, axis=0),
-                               jnp.take(train_labels, idx, axis=0)),
-          state, index)
+          lambda st, idx: step(
+              st,
+              jnp.take(train_images, idx, axis=0),
+              jnp.take(train_labels, idx, axis=0),
+          ),
+          state,
+          index,
+      )
+
     in_specs = (built.specs, P(), P(), batch)
   else:
+
     def chunk(state, images, labels):
-      return _scan_or_once(lambda st, xs: step(st, *xs), state,
-                           (images, labels))
+      return _scan_or_once(
+          lambda st, xs: step(st, *xs), state, (images, labels)
+      )
+
     in_specs = (built.specs, batch, batch)
   # check_vma=False: gradients w.r.t. the replicated parameters are local
   # gradients that the method averages explicitly (common.apply_update);
   # with varying-axis typing JAX would instead psum them implicitly.
-  fn = jax.shard_map(chunk, mesh=mesh, in_specs=in_specs,
-                     out_specs=(built.specs, P()), check_vma=False)
+  fn = jax.shard_map(
+      chunk,
+      mesh=mesh,
+      in_specs=in_specs,
+      out_specs=(built.specs, P()),
+      check_vma=False,
+  )
   return jax.jit(fn, donate_argnums=0)
 
 
@@ -101,7 +117,8 @@ class DataParallelSource:
     self.resident = None
     if self.on_device:  # the whole train split, on every device, once
       self.resident = parallel.put_global(
-          (ds.train_images, ds.train_labels), mesh, (P(), P()))
+          (ds.train_images, ds.train_labels), mesh, (P(), P())
+      )
 
   @property
   def data_feed(self):
@@ -111,10 +128,16 @@ class DataParallelSource:
     """Yields (state, metrics, n) for batches offset.. of `epoch`."""
     c = self.config
     for chunk in data.train_chunks(
-        self.ds, c.batch_size, c.seed, epoch, self.steps_per_call,
+        self.ds,
+        c.batch_size,
+        c.seed,
+        epoch,
+        self.steps_per_call,
         process_index=jax.process_index(),
-        process_count=jax.process_count(), start_step=offset,
-        gather=not self.on_device):
+        process_count=jax.process_count(),
+        start_step=offset,
+        gather=not self.on_device,
+    ):
       spec = P(None, parallel.AXIS)
       if self.on_device:
         n = min(chunk['index'].shape[0], epoch_stop - offset)
@@ -123,7 +146,8 @@ class DataParallelSource:
       else:
         n = min(chunk['label'].shape[0], epoch_stop - offset)
         g = parallel.put_local_batch(
-            (chunk['image'][:n], chunk['label'][:n]), self.mesh, spec)
+            (chunk['image'][:n], chunk['label'][:n]), self.mesh, spec
+        )
         state, metrics = self.train_fn(state, *g)
       offset += n
       yield state, metrics, n

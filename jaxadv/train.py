@@ -4,6 +4,7 @@ Construction is jaxadv.build, the loop jaxadv.loop, the synchronous step
 source jaxadv.steps, the overfitting monitor jaxadv.monitor. Nothing here
 depends on the training method: methods plug in through `jaxadv.methods`.
 """
+
 import json
 import os
 import sys
@@ -48,19 +49,32 @@ class Session:
     self.ds = build.load_data(config)
     self.mesh = parallel.make_mesh()
     self.built = build.setup(config, self.ds, self.mesh)
-    self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                      config.keep_checkpoints)
+    self.ckpt = ckpt_lib.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), config.keep_checkpoints
+    )
     self.plan = loop.Plan.from_config(config, self.built)
     metrics_fn = getattr(self.built.method, 'eval_metrics', None)
-    self.metrics_fn = (metrics_fn(self.built.ctx) if metrics_fn
-                       else common.accuracy_metrics)
-    self.eval_fn = evaluate.make_metrics_fn(self.mesh, self.built.specs,
-                                            self.metrics_fn)
-    self.monitor = (monitor_lib.OverfitMonitor(
-        config, self.ds, self.mesh, self.built.specs, workdir,
-        self.built.ctx.settings) if config.monitor.attack else None)
+    self.metrics_fn = (
+        metrics_fn(self.built.ctx) if metrics_fn else common.accuracy_metrics
+    )
+    self.eval_fn = evaluate.make_metrics_fn(
+        self.mesh, self.built.specs, self.metrics_fn
+    )
+    self.monitor = (
+        monitor_lib.OverfitMonitor(
+            config,
+            self.ds,
+            self.mesh,
+            self.built.specs,
+            workdir,
+            self.built.ctx.settings,
+        )
+        if config.monitor.attack
+        else None
+    )
     self.jsonl = progress_lib.JsonlWriter(
-        os.path.join(workdir, 'metrics.jsonl'), jax.process_index() == 0)
+        os.path.join(workdir, 'metrics.jsonl'), jax.process_index() == 0
+    )
 
   def restore(self):
     """The newest checkpoint that restores (or the fresh state) and whether
@@ -80,36 +94,49 @@ class Session:
         break
       except Exception as e:  # pylint: disable=broad-except
         where = os.path.join(self.ckpt.directory, str(step))
-        moved = ckpt_lib.set_aside(self.ckpt, step, os.path.join(
-            self.workdir, 'checkpoints_damaged'))
-        _say(f'warning: checkpoint {where} does not restore '
-             f'({ckpt_lib.short_reason(e)}); moved to {moved}, trying the '
-             'previous one')
+        moved = ckpt_lib.set_aside(
+            self.ckpt, step, os.path.join(self.workdir, 'checkpoints_damaged')
+        )
+        _say(
+            f'warning: checkpoint {where} does not restore '
+            f'({ckpt_lib.short_reason(e)}); moved to {moved}, trying the '
+            'previous one'
+        )
     else:
       if steps:
         raise ConfigError(
             f'no checkpoint in {self.ckpt.directory} restores (damaged ones '
             f'were moved to {self.workdir}/checkpoints_damaged); start again '
-            'with a new --workdir')
+            'with a new --workdir'
+        )
       return state, False
     batches = int(state.step) // self.plan.updates_per_batch
     done = self.monitor is not None and bool(
-        self.ckpt.read_meta().get('early_stopped'))
+        self.ckpt.read_meta().get('early_stopped')
+    )
     if batches >= self.plan.total_batches or done:
-      _say(f'already complete at step {int(state.step)} in {self.workdir}: '
-           'evaluating only')
+      _say(
+          f'already complete at step {int(state.step)} in {self.workdir}: '
+          'evaluating only'
+      )
     else:
-      _say(f'resumed from step {int(state.step)} (epoch '
-           f'{batches / self.plan.steps_per_epoch:g}) in {self.workdir}')
+      _say(
+          f'resumed from step {int(state.step)} (epoch '
+          f'{batches / self.plan.steps_per_epoch:g}) in {self.workdir}'
+      )
     return state, done
 
   def test_metrics(self, state):
     """{'test_<name>': value} of the method's eval metrics on the test set."""
-    values, _ = evaluate.metrics(state, self.ds.test_images,
-                                 self.ds.test_labels, mesh=self.mesh,
-                                 specs=self.built.specs,
-                                 batch_size=self.config.eval_batch_size,
-                                 fn=self.eval_fn)
+    values, _ = evaluate.metrics(
+        state,
+        self.ds.test_images,
+        self.ds.test_labels,
+        mesh=self.mesh,
+        specs=self.built.specs,
+        batch_size=self.config.eval_batch_size,
+        fn=self.eval_fn,
+    )
     return {f'test_{k}': v for k, v in values.items()}
 
   def end_of_epoch(self, state, epoch):
@@ -119,8 +146,9 @@ class Session:
     record = {'epoch': epoch, 'step': int(state.step)}
     batches = int(state.step) // self.plan.updates_per_batch
     record['epoch'] = batches / self.plan.steps_per_epoch
-    if batches >= self.plan.total_batches or (c.eval_every and
-                                              epoch % c.eval_every == 0):
+    if batches >= self.plan.total_batches or (
+        c.eval_every and epoch % c.eval_every == 0
+    ):
       record.update(self.test_metrics(state))
       logging.info('epoch %d: %s', epoch, record)
     stop = None
@@ -129,11 +157,13 @@ class Session:
         raise NonFiniteError(loop.nonfinite_message(state, self.ckpt))
       record['monitor_accuracy'], overfit = self.monitor.update(state, epoch)
       if overfit:
-        stop = (f'early-stopped at epoch {epoch}: monitor accuracy '
-                f'{record["monitor_accuracy"]:.4f} fell more than '
-                f'{c.monitor.max_drop} below its best '
-                f'{self.monitor.best:.4f} (catastrophic overfitting); the '
-                'best state is kept')
+        stop = (
+            f'early-stopped at epoch {epoch}: monitor accuracy '
+            f'{record["monitor_accuracy"]:.4f} fell more than '
+            f'{c.monitor.max_drop} below its best '
+            f'{self.monitor.best:.4f} (catastrophic overfitting); the '
+            'best state is kept'
+        )
         logging.warning(stop)
         state = self.monitor.best_state(state).replace(step=state.step)
     if len(record) > 2:
@@ -162,24 +192,32 @@ def train_and_evaluate(config, workdir):
   validation.validate_config(config)
   is_main = jax.process_index() == 0
   extra_fatal = methods_lib.restore_keys(
-      methods_lib.get_method(config.method.name), config)
+      methods_lib.get_method(config.method.name), config
+  )
   if rundir.has_run(workdir):  # refuse a fatal change before any work
-    rundir.record_config(workdir, _config_dict(config), write=False,
-                         extra_fatal=extra_fatal)
+    rundir.record_config(
+        workdir, _config_dict(config), write=False, extra_fatal=extra_fatal
+    )
   s = Session(config, workdir)
   try:
     state, finished = s.restore()
     # The step restored, not the newest on disk (a damaged one set aside).
     resumed = None if s.ckpt.latest_step() is None else int(state.step)
     risky = rundir.record_config(
-        workdir, _config_dict(config), resumed_from_step=resumed,
-        extra_fatal=extra_fatal, write=is_main)
+        workdir,
+        _config_dict(config),
+        resumed_from_step=resumed,
+        extra_fatal=extra_fatal,
+        write=is_main,
+    )
     if risky:
       _say('warning: ' + rundir.risky_warning(workdir, risky))
     results = _train(s, state, finished, t_start)
     if is_main:
-      rundir.write_atomic(os.path.join(workdir, 'results.json'),
-                          json.dumps(results, indent=2) + '\n')
+      rundir.write_atomic(
+          os.path.join(workdir, 'results.json'),
+          json.dumps(results, indent=2) + '\n',
+      )
   except (OSError, RuntimeError, ValueError) as e:
     msg = rundir.disk_error_message(e, workdir)
     if msg is None:
@@ -196,21 +234,33 @@ def _train(s, state, finished, t_start):
   complete), results, final evaluation."""
   config = s.config
   if jax.process_index() == 0:
-    rundir.truncate_metrics(os.path.join(s.workdir, 'metrics.jsonl'),
-                            int(state.step))
+    rundir.truncate_metrics(
+        os.path.join(s.workdir, 'metrics.jsonl'), int(state.step)
+    )
   source = steps.DataParallelSource(config, s.built, s.ds, s.mesh)
   bar = progress_lib.Progress(
-      s.plan.total_batches, int(state.step) // s.plan.updates_per_batch,
-      config.progress and jax.process_index() == 0)
+      s.plan.total_batches,
+      int(state.step) // s.plan.updates_per_batch,
+      config.progress and jax.process_index() == 0,
+  )
   logger = loop.Logger(s.plan, s.jsonl, bar, s.built.schedule)
   if finished:
     done = int(state.step) // s.plan.updates_per_batch
-    out = loop.Outcome(state=state, batches_done=done, start_batches=done,
-                       status='early-stopped (in an earlier run; the best '
-                       'state was kept)')
+    out = loop.Outcome(
+        state=state,
+        batches_done=done,
+        start_batches=done,
+        status='early-stopped (in an earlier run; the best ' 'state was kept)',
+    )
   else:
-    out = loop.run(state, source, plan=s.plan, ckpt=s.ckpt, logger=logger,
-                   end_of_epoch=s.end_of_epoch)
+    out = loop.run(
+        state,
+        source,
+        plan=s.plan,
+        ckpt=s.ckpt,
+        logger=logger,
+        end_of_epoch=s.end_of_epoch,
+    )
   results = _results(s, out, source, t_start)
   if not out.status.startswith('interrupted'):
     _final_evaluation(s, out, results)
@@ -220,8 +270,9 @@ def _train(s, state, finished, t_start):
 def _results(s, out, source, t_start):
   """The results record of a run (before its final evaluation)."""
   config, t_end = s.config, time.time()
-  steady_images = (out.batches_done - (out.steady_from or out.batches_done)
-                   ) * config.batch_size
+  steady_images = (
+      out.batches_done - (out.steady_from or out.batches_done)
+  ) * config.batch_size
   steady_time = (t_end - out.t_steady) if out.t_steady else 0.0
   return {
       'status': out.status,
@@ -235,15 +286,20 @@ def _results(s, out, source, t_start):
       'steps_per_call': source.steps_per_call,
       'num_devices': jax.device_count(),
       'wall_time_s': t_end - t_start,
-      'train_images': (out.batches_done - out.start_batches) *
-                      config.batch_size,
-      'images_per_s': (steady_images / steady_time if steady_time > 0
-                       else None),  # None: nothing trained in this run
+      'train_images': (
+          (out.batches_done - out.start_batches) * config.batch_size
+      ),
+      'images_per_s': (
+          steady_images / steady_time if steady_time > 0 else None
+      ),  # None: nothing trained in this run
       'history': out.history,
       # What `key=method` in attack specs resolved to, and the monitor's
       # attack as run (training, monitor and evaluation move together).
-      'method_settings': {k: v for k, v in s.built.ctx.settings.items()
-                          if isinstance(v, (int, float, str, bool))},
+      'method_settings': {
+          k: v
+          for k, v in s.built.ctx.settings.items()
+          if isinstance(v, (int, float, str, bool))
+      },
       'monitor_attack': str(s.monitor.spec) if s.monitor else None,
       'config': json.loads(config.to_json_best_effort()),
   }
@@ -257,16 +313,27 @@ def _final_evaluation(s, out, results):
   eval_state = build.for_eval(config, s.ds, out.state)
   results['eval_dtype'] = build.eval_dtype(config)
   results['num_test_examples'] = len(s.ds.test_labels)
-  if ('test_accuracy' in last and out.status == 'completed' and
-      eval_state is out.state):
+  if (
+      'test_accuracy' in last
+      and out.status == 'completed'
+      and eval_state is out.state
+  ):
     results.update({k: v for k, v in last.items() if k.startswith('test_')})
   else:
     results.update(s.test_metrics(eval_state))
   if config.eval.at_end and config.eval.attacks:
     results['robust'] = evaluate.run_attacks(
-        eval_state, s.ds.test_images, s.ds.test_labels, config.eval.attacks,
-        mesh=s.mesh, specs=s.built.specs, batch_size=config.eval.batch_size,
-        num_examples=config.eval.num_examples, seed=config.eval.seed,
-        dtype=results['eval_dtype'], method_settings=s.built.ctx.settings)
+        eval_state,
+        s.ds.test_images,
+        s.ds.test_labels,
+        config.eval.attacks,
+        mesh=s.mesh,
+        specs=s.built.specs,
+        batch_size=config.eval.batch_size,
+        num_examples=config.eval.num_examples,
+        seed=config.eval.seed,
+        dtype=results['eval_dtype'],
+        method_settings=s.built.ctx.settings,
+    )
     reports.write_report(results['robust'], s.workdir)
     results['warnings'] = sanity.sanity_flags(results['robust'])

@@ -16,6 +16,7 @@ optimizer, frozen networks beside them, and per-method state.
 The checkpointed part is `saved_tree(state)`: every pytree field except
 `frozen`, found by flax's serialization, so no field is listed by hand.
 """
+
 from typing import Any, Callable
 
 import flax
@@ -33,6 +34,7 @@ class Network:
   apply_fn (the Linen module's apply) and tx (its optax transformation) are
   static: rebuilt from the config, not saved.
   """
+
   params: Any
   collections: Any
   opt_state: Any
@@ -58,8 +60,11 @@ class Network:
     (e.g. batch_stats=... from a train-mode pass)."""
     upd, opt_state = self.tx.update(grads, self.opt_state, self.params)
     params = optax.apply_updates(self.params, upd)
-    return self.replace(params=params, opt_state=opt_state,
-                        collections={**self.collections, **collections})
+    return self.replace(
+        params=params,
+        opt_state=opt_state,
+        collections={**self.collections, **collections},
+    )
 
   def logits_fn(self, params=None, adv=False):
     """Inference-mode `x -> logits` closure (no statistics change)."""
@@ -71,6 +76,7 @@ class Network:
 class Frozen:
   """A read-only network (e.g. a teacher loaded from another run's workdir):
   variables are inputs of every step but never updated or checkpointed."""
+
   variables: Any
   apply_fn: Callable = struct.field(pytree_node=False)
 
@@ -83,6 +89,7 @@ class TrainState:
   """Everything a run needs to continue exactly where it stopped (see the
   module docstring). The main network's fields are also reachable directly
   (`state.params`, `state.batch_stats`, `state.apply_fn`, ...)."""
+
   step: jax.Array
   rng: jax.Array
   nets: Any
@@ -111,14 +118,16 @@ class TrainState:
   def with_collections(self, **collections):
     """The state with the main network's variable collections replaced."""
     main = self.main
-    return self.with_net('main', main.replace(
-        collections={**main.collections, **collections}))
+    return self.with_net(
+        'main', main.replace(collections={**main.collections, **collections})
+    )
 
   def apply_gradients(self, grads, method_state=None, **collections):
     """One update of the main network (step + 1); `collections` replaces its
     variable collections, `method_state` the method's state."""
-    state = self.with_net('main', self.main.apply_gradients(grads,
-                                                            **collections))
+    state = self.with_net(
+        'main', self.main.apply_gradients(grads, **collections)
+    )
     if method_state is not None:
       state = state.replace(method_state=method_state)
     return state.replace(step=self.step + 1)
@@ -132,18 +141,24 @@ def init_network(rng, model, tx, input_shape, apply_fn=None):
   outside the mesh, so `model` must not name a mesh axis.
   """
   variables = flax.core.unfreeze(
-      model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False))
+      model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
+  )
   params = variables.pop('params')
-  return Network(params=params, collections=variables,
-                 opt_state=tx.init(params),
-                 apply_fn=model.apply if apply_fn is None else apply_fn,
-                 tx=tx)
+  return Network(
+      params=params,
+      collections=variables,
+      opt_state=tx.init(params),
+      apply_fn=model.apply if apply_fn is None else apply_fn,
+      tx=tx,
+  )
 
 
 def empty_method_state(parts=None):
   parts = parts or {}
-  return {'per_example': parts.get('per_example', {}),
-          'shared': parts.get('shared', {})}
+  return {
+      'per_example': parts.get('per_example', {}),
+      'shared': parts.get('shared', {}),
+  }
 
 
 def saved_tree(state):
@@ -156,5 +171,6 @@ def with_saved_tree(template, tree):
   """`template` (static parts, frozen networks) with the saved arrays of
   `tree` (as saved_tree returns)."""
   restored = flax.serialization.from_state_dict(
-      template.replace(frozen={}), tree)
+      template.replace(frozen={}), tree
+  )
   return restored.replace(frozen=template.frozen)

@@ -13,6 +13,7 @@ attack on that target is failing (see jaxadv.sanity). Every model
 sees the same seeded test subset, and each source's examples are crafted
 once and reused for every target.
 """
+
 import argparse
 import os
 import sys
@@ -25,8 +26,17 @@ from jaxadv import reports
 from jaxadv import sanity
 
 
-def transfer_matrix(models, images, labels, attack, *, batch_size,
-                    num_examples=0, seed=0, targets=None):
+def transfer_matrix(
+    models,
+    images,
+    labels,
+    attack,
+    *,
+    batch_size,
+    num_examples=0,
+    seed=0,
+    targets=None,
+):
   """Accuracy of every target under examples crafted on every source.
 
   Args:
@@ -57,37 +67,96 @@ def transfer_matrix(models, images, labels, attack, *, batch_size,
   if unknown:
     raise ValueError(f'unknown target models {unknown}; valid: {names}')
   # One compiled clean-accuracy function per target, reused for every source.
-  fns = {t: evaluate.make_accuracy_fn(models[t][2], models[t][1])
-         for t in targets}
+  fns = {
+      t: evaluate.make_accuracy_fn(models[t][2], models[t][1]) for t in targets
+  }
   clean = {}
   for t in targets:
     state, specs, mesh = models[t]
-    clean[t] = evaluate.accuracy(state, images, labels, mesh=mesh,
-                                 specs=specs, batch_size=batch_size,
-                                 accuracy_fn=fns[t])[0]
+    clean[t] = evaluate.accuracy(
+        state,
+        images,
+        labels,
+        mesh=mesh,
+        specs=specs,
+        batch_size=batch_size,
+        accuracy_fn=fns[t],
+    )[0]
   matrix, records, crafting = [], [], {}
   for s in names:
-    state, specs, mesh = models[s]
-    t0 = time.time()
-    # Once per source, reused for every target.
-    x_adv = adversarial_examples(state, images, labels, attack_fn, mesh=mesh,
-                                 specs=specs, batch_size=batch_size, seed=seed)
-    crafting[s] = time.time() - t0
-    row = []
-    for t in targets:
-      t_state, t_specs, t_mesh = models[t]
-      t1 = time.time()
-      # Counted as robust accuracy: correct on x_adv and on x.
-      acc, n = evaluate.accuracy(t_state, (x_adv, images), labels,
-                                 mesh=t_mesh, specs=t_specs,
-                                 batch_size=batch_size, accuracy_fn=fns[t])
-      row.append(acc)
-      records.append(evaluate.record(spec, acc, n, seed, time.time() - t1,
-                                     source=s, model=t))
+    row, recs, crafting[s] = _source_row(
+        models,
+        s,
+        targets,
+        images,
+        labels,
+        attack_fn,
+        spec,
+        fns,
+        batch_size=batch_size,
+        seed=seed,
+    )
     matrix.append(row)
-  return {'attack': str(spec), 'sources': names, 'targets': targets,
-          'num_examples': len(labels), 'accuracy': matrix, 'clean': clean,
-          'records': records, 'seconds_crafting': crafting}
+    records += recs
+  return {
+      'attack': str(spec),
+      'sources': names,
+      'targets': targets,
+      'num_examples': len(labels),
+      'accuracy': matrix,
+      'clean': clean,
+      'records': records,
+      'seconds_crafting': crafting,
+  }
+
+
+def _source_row(
+    models,
+    s,
+    targets,
+    images,
+    labels,
+    attack_fn,
+    spec,
+    fns,
+    *,
+    batch_size,
+    seed,
+):
+  """Crafts once on source `s`, evaluates every target: (accuracies,
+  records, crafting seconds)."""
+  state, specs, mesh = models[s]
+  t0 = time.time()
+  x_adv = adversarial_examples(
+      state,
+      images,
+      labels,
+      attack_fn,
+      mesh=mesh,
+      specs=specs,
+      batch_size=batch_size,
+      seed=seed,
+  )
+  crafting = time.time() - t0
+  row, records = [], []
+  for t in targets:
+    t_state, t_specs, t_mesh = models[t]
+    t1 = time.time()
+    # Counted as robust accuracy: correct on x_adv and on x.
+    acc, n = evaluate.accuracy(
+        t_state,
+        (x_adv, images),
+        labels,
+        mesh=t_mesh,
+        specs=t_specs,
+        batch_size=batch_size,
+        accuracy_fn=fns[t],
+    )
+    row.append(acc)
+    records.append(
+        evaluate.record(spec, acc, n, seed, time.time() - t1, source=s, model=t)
+    )
+  return row, records, crafting
 
 
 def adversarial_examples(*args, **kwargs):
@@ -100,17 +169,25 @@ def transfer_markdown(result):
   """The matrix as markdown: rows = source (crafted on), columns = target
   (evaluated on), white-box diagonal marked with *, plus clean accuracy."""
   t = result['targets']
-  lines = [f'Transfer: {result["attack"]}, {result["num_examples"]} '
-           'examples; accuracy of the target (column) on examples crafted '
-           'on the source (row); * = white-box (diagonal)', '',
-           '| source \\ target | ' + ' | '.join(t) + ' |',
-           '|---|' + '|'.join('---' for _ in t) + '|']
+  lines = [
+      f'Transfer: {result["attack"]}, {result["num_examples"]} '
+      'examples; accuracy of the target (column) on examples crafted '
+      'on the source (row); * = white-box (diagonal)',
+      '',
+      '| source \\ target | ' + ' | '.join(t) + ' |',
+      '|---|' + '|'.join('---' for _ in t) + '|',
+  ]
   for s, row in zip(result['sources'], result['accuracy']):
-    cells = [f'{100 * a:.2f}%' + ('*' if s == name else '')
-             for name, a in zip(t, row)]
+    cells = [
+        f'{100 * a:.2f}%' + ('*' if s == name else '')
+        for name, a in zip(t, row)
+    ]
     lines.append(f'| {s} | ' + ' | '.join(cells) + ' |')
-  lines.append('| (clean) | ' + ' | '.join(
-      f'{100 * result["clean"][name]:.2f}%' for name in t) + ' |')
+  lines.append(
+      '| (clean) | '
+      + ' | '.join(f'{100 * result["clean"][name]:.2f}%' for name in t)
+      + ' |'
+  )
   return '\n'.join(lines)
 
 
@@ -118,26 +195,37 @@ def write_transfer_report(result, out_dir, name='transfer'):
   """Writes <out_dir>/<name>.json (the result plus "warnings") and
   <name>.md; returns the markdown with the sanity flags."""
   warnings = sanity.sanity_flags(result['records'])
-  text = (transfer_markdown(result) + '\n\n' +
-          reports.warnings_markdown(warnings))
-  reports.write_json(os.path.join(out_dir, f'{name}.json'),
-                      {**result, 'warnings': warnings})
+  text = (
+      transfer_markdown(result) + '\n\n' + reports.warnings_markdown(warnings)
+  )
+  reports.write_json(
+      os.path.join(out_dir, f'{name}.json'), {**result, 'warnings': warnings}
+  )
   reports.write_text(os.path.join(out_dir, f'{name}.md'), text)
   return text
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(
-      prog='python -m jaxadv.transfer', description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--workdirs', required=True,
-                 help='comma-separated trained workdirs')
-  p.add_argument('--attack', required=True,
-                 help="attack spec, e.g. 'pgd(eps=0.3, steps=40)'")
+      prog='python -m jaxadv.transfer',
+      description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+      '--workdirs', required=True, help='comma-separated trained workdirs'
+  )
+  p.add_argument(
+      '--attack',
+      required=True,
+      help="attack spec, e.g. 'pgd(eps=0.3, steps=40)'",
+  )
   evaluate.add_report_args(p)
-  p.add_argument('--batch_size', type=int, default=0,
-                 help="global batch (default: the first config's "
-                 'eval.batch_size)')
+  p.add_argument(
+      '--batch_size',
+      type=int,
+      default=0,
+      help="global batch (default: the first config's " 'eval.batch_size)',
+  )
   args = p.parse_args(argv)
   try:
     spec = attacks.parse_attack(args.attack)
@@ -149,17 +237,27 @@ def main(argv=None):
       if first is None:
         first = (config, ds)
       elif ds.test_images.shape[1:] != first[1].test_images.shape[1:]:
-        raise ValueError(f'{workdir} uses {ds.name} images of shape '
-                         f'{ds.test_images.shape[1:]}, unlike '
-                         f'{first[1].test_images.shape[1:]} of {workdirs[0]}')
+        raise ValueError(
+            f'{workdir} uses {ds.name} images of shape '
+            f'{ds.test_images.shape[1:]}, unlike '
+            f'{first[1].test_images.shape[1:]} of {workdirs[0]}'
+        )
       models[label] = (state, specs, mesh)
     config, ds = first
     t0 = time.time()
     result = transfer_matrix(
-        models, ds.test_images, ds.test_labels, spec,
+        models,
+        ds.test_images,
+        ds.test_labels,
+        spec,
         batch_size=args.batch_size or config.eval.batch_size,
-        num_examples=(config.eval.num_examples if args.num_examples is None
-                      else args.num_examples), seed=args.seed)
+        num_examples=(
+            config.eval.num_examples
+            if args.num_examples is None
+            else args.num_examples
+        ),
+        seed=args.seed,
+    )
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated datasets in the offline file formats, so
 most of the suite runs anywhere (no ../shared/data, no TFDS)."""
+
 import gzip
 import os
 import struct
@@ -10,7 +11,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get('JAXADV_DATA_DIR') or os.path.join(
-    REPO, '..', 'shared', 'data')
+    REPO, '..', 'shared', 'data'
+)
 
 
 # Many tests build the same small programs; the persistent compilation cache
@@ -26,14 +28,17 @@ def shared_data_dir(name):
   """Path of a shared dataset folder, or skip the test with the reason."""
   path = os.path.join(SHARED_DATA, name)
   if not os.path.isdir(path):
-    pytest.skip(f'needs the offline dataset folder {path} (absent on a fresh '
-                'clone; set JAXADV_DATA_DIR to run it)')
+    pytest.skip(
+        f'needs the offline dataset folder {path} (absent on a fresh '
+        'clone; set JAXADV_DATA_DIR to run it)'
+    )
   return path
 
 
 def _write_idx(path, array):
   header = struct.pack('>I', 0x800 + array.ndim) + b''.join(
-      struct.pack('>I', d) for d in array.shape)
+      struct.pack('>I', d) for d in array.shape
+  )
   with gzip.open(path, 'wb') as f:
     f.write(header + array.astype(np.uint8).tobytes())
 
@@ -50,9 +55,11 @@ def make_tiny_mnist(root, n_train=512, n_test=200, seed=0):
     images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.int32)
     for i, k in enumerate(labels):
       r, c = 3 + 7 * (k // 4), 3 + 7 * (k % 4)
-      images[i, r:r + 6, c:c + 6] += 180
-    _write_idx(os.path.join(out, f'{split}-images-idx3-ubyte.gz'),
-               np.clip(images, 0, 255))
+      images[i, r : r + 6, c : c + 6] += 180
+    _write_idx(
+        os.path.join(out, f'{split}-images-idx3-ubyte.gz'),
+        np.clip(images, 0, 255),
+    )
     _write_idx(os.path.join(out, f'{split}-labels-idx1-ubyte.gz'), labels)
   return root
 
@@ -65,6 +72,7 @@ def tiny_data_dir(tmp_path_factory):
 def tiny_config(data_dir, **overrides):
   """A config that trains in seconds on the tiny data."""
   from configs import default  # pylint: disable=g-import-not-at-top
+
   c = default.get_config()
   c.data.data_dir = data_dir
   c.data.cache_dir = os.path.join(data_dir, 'cache')

@@ -12,6 +12,7 @@ prints one line 'RESULT {json}'. tests/test_golden.py runs it on 1 and on 8
 forced CPU devices and compares with tests/golden/values.json, recorded
 before the foundation-v2 refactor (issue 10).
 """
+
 import hashlib
 import json
 import os
@@ -20,7 +21,8 @@ import sys
 
 if len(sys.argv) > 3:
   os.environ['XLA_FLAGS'] = (
-      f'--xla_force_host_platform_device_count={sys.argv[3]}')
+      f'--xla_force_host_platform_device_count={sys.argv[3]}'
+  )
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,13 +37,16 @@ from jaxadv import train
 METHODS = {
     'standard': {'method.name': 'standard'},
     'pgd': {'method.name': 'pgd', 'method.eps': 0.1, 'method.steps': 3},
-    'pgd_dual_bn': {'method.name': 'pgd', 'method.eps': 0.1,
-                    'method.steps': 2, 'method.clean_weight': 0.5,
-                    'model.dual_bn': True},
+    'pgd_dual_bn': {
+        'method.name': 'pgd',
+        'method.eps': 0.1,
+        'method.steps': 2,
+        'method.clean_weight': 0.5,
+        'model.dual_bn': True,
+    },
     'free': {'method.name': 'free', 'method.eps': 0.1, 'method.replays': 2},
     'fast': {'method.name': 'fast', 'method.eps': 0.1},
-    'fast_l2': {'method.name': 'fast', 'method.eps': 1.0,
-                'method.norm': 'l2'},
+    'fast_l2': {'method.name': 'fast', 'method.eps': 1.0, 'method.norm': 'l2'},
 }
 EVAL_ATTACKS = (
     'clean',
@@ -52,16 +57,37 @@ EVAL_ATTACKS = (
     'apgd_ce(eps=0.15, steps=5)',
     'apgd_t(eps=0.15, steps=5, num_target_classes=3)',
 )
-RECORD_KEYS = ('name', 'attack', 'norm', 'eps', 'steps', 'step_size',
-               'restarts', 'loss', 'target', 'num_examples', 'accuracy')
+RECORD_KEYS = (
+    'name',
+    'attack',
+    'norm',
+    'eps',
+    'steps',
+    'step_size',
+    'restarts',
+    'loss',
+    'target',
+    'num_examples',
+    'accuracy',
+)
 
 
 def config_for(data_dir, overrides):
-  c = tiny_config(data_dir, **{
-      'model.name': 'cnn5', 'batch_size': 16, 'num_epochs': 1,
-      'data.num_train_examples': 48, 'optim.name': 'sgd', 'optim.lr': 0.05,
-      'eval_every': 0, 'checkpoint_every': 0, 'steps_per_call': 1,
-      **overrides})
+  c = tiny_config(
+      data_dir,
+      **{
+          'model.name': 'cnn5',
+          'batch_size': 16,
+          'num_epochs': 1,
+          'data.num_train_examples': 48,
+          'optim.name': 'sgd',
+          'optim.lr': 0.05,
+          'eval_every': 0,
+          'checkpoint_every': 0,
+          'steps_per_call': 1,
+          **overrides,
+      },
+  )
   return c
 
 
@@ -97,30 +123,42 @@ def digest(leaves):
     total += float(a.astype(np.float64).sum())
     total_abs += float(np.abs(a.astype(np.float64)).sum())
     head.extend(a.reshape(-1)[:2].astype(np.float64).tolist())
-  return {'sha256': h.hexdigest(), 'sum': total, 'abs_sum': total_abs,
-          'head': head, 'num_leaves': len(leaves)}
+  return {
+      'sha256': h.hexdigest(),
+      'sum': total,
+      'abs_sum': total_abs,
+      'head': head,
+      'num_leaves': len(leaves),
+  }
 
 
 def latest_checkpoint_tree(workdir):
   ckdir = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
   return step, ocp.StandardCheckpointer().restore(
-      os.path.join(ckdir, str(step), 'state'))
+      os.path.join(ckdir, str(step), 'state')
+  )
 
 
 def cpu_signature():
   try:
     with open('/proc/cpuinfo') as f:
-      model = next((l.split(':', 1)[1].strip() for l in f
-                    if l.startswith('model name')), '')
+      model = next(
+          (l.split(':', 1)[1].strip() for l in f if l.startswith('model name')),
+          '',
+      )
   except OSError:
     model = ''
   return f'{platform.machine()} {model}'
 
 
 def main(data_dir, workdir):
-  out = {'devices': jax.device_count(), 'jax': jax.__version__,
-         'cpu': cpu_signature(), 'methods': {}}
+  out = {
+      'devices': jax.device_count(),
+      'jax': jax.__version__,
+      'cpu': cpu_signature(),
+      'methods': {},
+  }
   for name, overrides in METHODS.items():
     config = config_for(data_dir, overrides)
     if name == 'standard':
@@ -134,8 +172,7 @@ def main(data_dir, workdir):
     out['methods'][name] = {'step': step, **digest(main_network_leaves(tree))}
     if name == 'standard':
       out['test_accuracy'] = res['test_accuracy']
-      out['eval'] = [{k: r.get(k) for k in RECORD_KEYS}
-                     for r in res['robust']]
+      out['eval'] = [{k: r.get(k) for k in RECORD_KEYS} for r in res['robust']]
   print('RESULT ' + json.dumps(out))
 
 

@@ -1,6 +1,7 @@
 """Run by tests/test_parallel.py in a subprocess with 8 forced CPU devices:
 compares 8-device and 1-device steps, sharded eval, and cross-device-count
 checkpoint restore. Prints one JSON line."""
+
 import json
 import os
 import sys
@@ -30,8 +31,8 @@ def run_steps(config, ds, devices, steps=3):
   state = s.state
   b = config.batch_size
   for i in range(steps):
-    images = ds.train_images[None, i * b:(i + 1) * b]
-    labels = ds.train_labels[None, i * b:(i + 1) * b]
+    images = ds.train_images[None, i * b : (i + 1) * b]
+    labels = ds.train_labels[None, i * b : (i + 1) * b]
     g = parallel.put_local_batch((images, labels), mesh, P(None, 'data'))
     state, metrics = fn(state, *g)
   return state, parallel.fetch(metrics), mesh, s.specs
@@ -40,9 +41,12 @@ def run_steps(config, ds, devices, steps=3):
 def max_abs_diff(a, b):
   """Largest |difference| over params and BatchNorm statistics."""
   leaves = lambda s: jax.tree_util.tree_leaves(
-      {k: (n.params, n.collections) for k, n in s.nets.items()})
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(leaves(a), leaves(b)))
+      {k: (n.params, n.collections) for k, n in s.nets.items()}
+  )
+  return max(
+      float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+      for x, y in zip(leaves(a), leaves(b))
+  )
 
 
 def main(workdir, data_dir):
@@ -50,9 +54,16 @@ def main(workdir, data_dir):
   diffs, updates = {}, {}
   for method in ('standard', 'free', 'great'):
     # SGD: Adam's normalized update would amplify float rounding differences.
-    config = tiny_config(data_dir, **{'model.name': 'cnn5', 'batch_size': 64,
-                                      'method.name': method,
-                                      'optim.name': 'sgd', 'optim.lr': 0.05})
+    config = tiny_config(
+        data_dir,
+        **{
+            'model.name': 'cnn5',
+            'batch_size': 64,
+            'method.name': method,
+            'optim.name': 'sgd',
+            'optim.lr': 0.05,
+        },
+    )
     if method == 'free':
       config.method.eps = 0.1
       config.method.replays = 2
@@ -60,7 +71,8 @@ def main(workdir, data_dir):
       config.method.variant = 'both'
       config.method.alpha_max = 1.0
       config.method.aux_optim = ml_collections.ConfigDict(
-          dict(name='sgd', lr=0.05, schedule='constant'))
+          dict(name='sgd', lr=0.05, schedule='constant')
+      )
     ds = build.load_data(config)
     # Free: one call (2 replays). Later calls take sign() of input gradients
     # that differ by float rounding (XLA:CPU sums convolutions in loops in a
@@ -80,13 +92,21 @@ def main(workdir, data_dir):
   out['max_abs_update'] = updates
 
   # Sharded eval: 200 test examples, batch 80 -> padded and masked.
-  acc8, n8 = evaluate.accuracy(s8, ds.test_images, ds.test_labels, mesh=mesh8,
-                               specs=specs8, batch_size=80)
+  acc8, n8 = evaluate.accuracy(
+      s8,
+      ds.test_images,
+      ds.test_labels,
+      mesh=mesh8,
+      specs=specs8,
+      batch_size=80,
+  )
   logits = s1.apply_fn(s1.variables(), ds.test_images / 255.0, train=False)
-  out['eval'] = {'count': n8, 'num_test': int(len(ds.test_labels)),
-                 'acc8': acc8,
-                 'acc_direct': float(np.mean(np.argmax(logits, -1) ==
-                                             ds.test_labels))}
+  out['eval'] = {
+      'count': n8,
+      'num_test': int(len(ds.test_labels)),
+      'acc8': acc8,
+      'acc_direct': float(np.mean(np.argmax(logits, -1) == ds.test_labels)),
+  }
 
   # Checkpoint written on 8 devices restores onto 1 device (and back).
   ck = ckpt_lib.Checkpointer(os.path.join(workdir, 'ck'))
@@ -97,20 +117,34 @@ def main(workdir, data_dir):
   restored, _ = ck.restore(template)
   out['restore_diff'] = max(
       float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-      for a, b in zip(jax.tree_util.tree_leaves(restored.params),
-                      jax.tree_util.tree_leaves(s8.params)))
+      for a, b in zip(
+          jax.tree_util.tree_leaves(restored.params),
+          jax.tree_util.tree_leaves(s8.params),
+      )
+  )
   out['restored_devices'] = len(
-      jax.tree_util.tree_leaves(restored.params)[0].sharding.device_set)
+      jax.tree_util.tree_leaves(restored.params)[0].sharding.device_set
+  )
   ck.close()
 
   # Whole train split on all 8 devices, batches gathered there: the same
   # training as host-gathered batches.
   finals = {}
   for feed in ('host', 'device'):
-    config = tiny_config(data_dir, **{
-        'model.name': 'cnn5', 'batch_size': 64, 'num_epochs': 1,
-        'optim.name': 'sgd', 'optim.lr': 0.05, 'data.feed': feed,
-        'data.augment': 'crop_flip', 'steps_per_call': 2, 'eval_every': 0})
+    config = tiny_config(
+        data_dir,
+        **{
+            'model.name': 'cnn5',
+            'batch_size': 64,
+            'num_epochs': 1,
+            'optim.name': 'sgd',
+            'optim.lr': 0.05,
+            'data.feed': feed,
+            'data.augment': 'crop_flip',
+            'steps_per_call': 2,
+            'eval_every': 0,
+        },
+    )
     res = train.train_and_evaluate(config, os.path.join(workdir, feed))
     out[f'feed_{feed}'] = res['data_feed']
     ck = ckpt_lib.Checkpointer(os.path.join(workdir, feed, 'checkpoints'))
@@ -118,8 +152,11 @@ def main(workdir, data_dir):
     ck.close()
   out['feed_max_abs_diff'] = max(
       float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-      for a, b in zip(jax.tree_util.tree_leaves(finals['host'].params),
-                      jax.tree_util.tree_leaves(finals['device'].params)))
+      for a, b in zip(
+          jax.tree_util.tree_leaves(finals['host'].params),
+          jax.tree_util.tree_leaves(finals['device'].params),
+      )
+  )
   print('RESULT ' + json.dumps(out))
 
 

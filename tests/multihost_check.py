@@ -8,6 +8,7 @@ With `sigterm`, process 0 alone receives SIGTERM after its second jit call:
 both processes must leave the loop at the same step and save one checkpoint
 (a process leaving alone would wait forever in the save's collectives).
 """
+
 import json
 import os
 import signal
@@ -31,10 +32,17 @@ from jaxadv import train
 
 def config_for(data_dir):
   # cnn5: BatchNorm statistics synchronized across the hosts.
-  return tiny_config(data_dir, **{'model.name': 'cnn5', 'num_epochs': 2,
-                                  'data.num_train_examples': 256,
-                                  'optim.name': 'sgd', 'optim.lr': 0.05,
-                                  'eval_every': 1})
+  return tiny_config(
+      data_dir,
+      **{
+          'model.name': 'cnn5',
+          'num_epochs': 2,
+          'data.num_train_examples': 256,
+          'optim.name': 'sgd',
+          'optim.lr': 0.05,
+          'eval_every': 1,
+      },
+  )
 
 
 def main(argv):
@@ -42,8 +50,11 @@ def main(argv):
   sigterm = len(argv) > 4 and argv[4] == 'sigterm'
   if who != 'reference':
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=f'localhost:{port}',
-                               num_processes=2, process_id=int(who))
+    jax.distributed.initialize(
+        coordinator_address=f'localhost:{port}',
+        num_processes=2,
+        process_id=int(who),
+    )
   if sigterm and jax.process_index() == 0:
     real, calls = data.train_chunks, {'n': 0}
 
@@ -53,6 +64,7 @@ def main(argv):
         if calls['n'] == 2:
           os.kill(os.getpid(), signal.SIGTERM)
         yield chunk
+
     data.train_chunks = chunks_then_sigterm
   config = config_for(data_dir)
   res = train.train_and_evaluate(config, workdir)
@@ -62,11 +74,16 @@ def main(argv):
   state, _ = ck.restore(s.state)
   ck.close()
   leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats))
-  out = {'process': jax.process_index(), 'processes': jax.process_count(),
-         'devices': jax.device_count(), 'status': res['status'],
-         'steps': res['steps'], 'test_accuracy': res.get('test_accuracy'),
-         'params': [np.asarray(x).ravel()[:64].tolist() for x in leaves],
-         'files': sorted(os.listdir(workdir))}
+  out = {
+      'process': jax.process_index(),
+      'processes': jax.process_count(),
+      'devices': jax.device_count(),
+      'status': res['status'],
+      'steps': res['steps'],
+      'test_accuracy': res.get('test_accuracy'),
+      'params': [np.asarray(x).ravel()[:64].tolist() for x in leaves],
+      'files': sorted(os.listdir(workdir)),
+  }
   print('RESULT ' + json.dumps(out), flush=True)
 
 

@@ -1,5 +1,6 @@
 """Tests of jaxadv.attacks: constraints, optimality on linear models, restarts, compile size,
 strength ordering on a small MNIST model, and the attack spec language."""
+
 import functools
 import gzip
 import math
@@ -19,7 +20,9 @@ from jaxadv import attacks as A
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Few, derandomized examples: every attack is jit-compiled once and reused across examples.
-PROPERTY_SETTINGS = settings(max_examples=12, deadline=None, derandomize=True, database=None)
+PROPERTY_SETTINGS = settings(
+    max_examples=12, deadline=None, derandomize=True, database=None
+)
 
 
 def key(seed):
@@ -35,8 +38,9 @@ def conv_logits_fn(seed=0, classes=5, channels=2, size=6):
   w_out = jax.random.normal(k2, (size * size * 4, classes)) * 0.3
 
   def logits_fn(x):
-    h = lax.conv_general_dilated(x, w_conv, (1, 1), 'SAME',
-                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    h = lax.conv_general_dilated(
+        x, w_conv, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
     h = jax.nn.relu(h)
     return h.reshape(h.shape[0], -1) @ w_out
 
@@ -53,7 +57,9 @@ def random_batch(seed, shape=X_SHAPE, classes=NUM_CLASSES):
   rng = np.random.default_rng(seed)
   x = rng.uniform(0, 1, shape).astype(np.float32)
   x = np.where(rng.uniform(size=shape) < 0.1, np.round(x), x).astype(np.float32)
-  return jnp.asarray(x), jnp.asarray(rng.integers(0, classes, shape[0]), jnp.int32)
+  return jnp.asarray(x), jnp.asarray(
+      rng.integers(0, classes, shape[0]), jnp.int32
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -63,24 +69,37 @@ def random_batch(seed, shape=X_SHAPE, classes=NUM_CLASSES):
 def test_losses_match_definitions():
   logits, y = jax.random.normal(key(0), (16, 7)) * 5, jnp.arange(16) % 7
   ref_ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-  np.testing.assert_allclose(A.cross_entropy(logits, y), ref_ce, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      A.cross_entropy(logits, y), ref_ce, rtol=1e-5, atol=1e-6
+  )
   z = np.asarray(logits)
   z_y = z[np.arange(16), np.asarray(y)]
   other = np.where(np.eye(7, dtype=bool)[np.asarray(y)], -np.inf, z)
-  np.testing.assert_allclose(A.cw_margin(logits, y), other.max(1) - z_y, rtol=1e-6)
+  np.testing.assert_allclose(
+      A.cw_margin(logits, y), other.max(1) - z_y, rtol=1e-6
+  )
   srt = -np.sort(-z, axis=1)
-  np.testing.assert_allclose(A.dlr(logits, y), (other.max(1) - z_y) / (srt[:, 0] - srt[:, 2]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      A.dlr(logits, y),
+      (other.max(1) - z_y) / (srt[:, 0] - srt[:, 2]),
+      rtol=1e-5,
+  )
   t = (y + 3) % 7
   z_t = z[np.arange(16), np.asarray(t)]
-  np.testing.assert_allclose(A.dlr_targeted(logits, y, t),
-                             (z_t - z_y) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3])), rtol=1e-5)
+  np.testing.assert_allclose(
+      A.dlr_targeted(logits, y, t),
+      (z_t - z_y) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3])),
+      rtol=1e-5,
+  )
   # DLR is invariant to shifting and positively scaling the logits.
-  np.testing.assert_allclose(A.dlr(3 * logits + 2, y), A.dlr(logits, y), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+      A.dlr(3 * logits + 2, y), A.dlr(logits, y), rtol=1e-4, atol=1e-6
+  )
   # Cross-entropy keeps relative precision for confident predictions (APGD compares it).
   confident = jnp.array([[30.0, 0.0, 0.0]])
-  np.testing.assert_allclose(A.cross_entropy(confident, jnp.array([0])), 2 * np.exp(-30),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      A.cross_entropy(confident, jnp.array([0])), 2 * np.exp(-30), rtol=1e-5
+  )
 
 
 def test_targets():
@@ -93,7 +112,9 @@ def test_targets():
   off_diag = counts[~np.eye(6, dtype=bool)]
   assert off_diag.min() > 0.5 * off_diag.mean()
   logits = jnp.array([[0.0, -5.0, 1.0, 2.0], [-9.0, -5.0, 1.0, 2.0]])
-  np.testing.assert_array_equal(A.worst_target(logits, jnp.array([0, 0])), [1, 1])
+  np.testing.assert_array_equal(
+      A.worst_target(logits, jnp.array([0, 0])), [1, 1]
+  )
 
 
 @pytest.mark.parametrize('d', [2, 8])
@@ -123,13 +144,20 @@ def test_apgd_checkpoints():
 
 def test_attacks_block_gradients():
   x, y = random_batch(0)
-  for attack in (A.fgsm, functools.partial(A.pgd, steps=2), functools.partial(A.apgd, steps=2)):
-    g = jax.jit(jax.grad(lambda x: attack(CONV, key(0), x, y, eps=0.1).sum()))(x)
+  for attack in (
+      A.fgsm,
+      functools.partial(A.pgd, steps=2),
+      functools.partial(A.apgd, steps=2),
+  ):
+    g = jax.jit(jax.grad(lambda x: attack(CONV, key(0), x, y, eps=0.1).sum()))(
+        x
+    )
     assert not np.any(np.asarray(g))
 
 
 # ------------------------------------------------------------------------------------------
 # Every attack stays in the eps ball and in [0, 1].
+
 
 def _random_targets(y):
   return (y + 1 + jnp.arange(y.shape[0]) % (NUM_CLASSES - 1)) % NUM_CLASSES
@@ -137,33 +165,89 @@ def _random_targets(y):
 
 PROPERTY_ATTACKS = {
     'fgsm_linf': ('linf', lambda k, x, y, eps: A.fgsm(CONV, k, x, y, eps=eps)),
-    'fgsm_l2': ('l2', lambda k, x, y, eps: A.fgsm(CONV, k, x, y, eps=eps, norm='l2')),
-    'fgsm_rs_linf': ('linf', lambda k, x, y, eps: A.fgsm_rs(CONV, k, x, y, eps=eps)),
-    'fgsm_rs_l2': ('l2', lambda k, x, y, eps: A.fgsm_rs(CONV, k, x, y, eps=eps, norm='l2')),
-    'fgsm_rs_linf_unclipped_start': ('linf', lambda k, x, y, eps: A.fgsm_rs(
-        CONV, k, x, y, eps=eps, clip_start=False)),
-    'fgsm_rs_l2_unclipped_start': ('l2', lambda k, x, y, eps: A.fgsm_rs(
-        CONV, k, x, y, eps=eps, norm='l2', clip_start=False)),
-    'ifgsm': ('linf', lambda k, x, y, eps: A.ifgsm(CONV, k, x, y, eps=eps, steps=3)),
-    'pgd_linf_restarts_loop': ('linf', lambda k, x, y, eps: A.pgd(
-        CONV, k, x, y, eps=eps, steps=3, restarts=2)),
-    'pgd_linf_restarts_vmap': ('linf', lambda k, x, y, eps: A.pgd(
-        CONV, k, x, y, eps=eps, steps=3, restarts=2, restart_batching='vmap')),
-    'pgd_l2_restarts': ('l2', lambda k, x, y, eps: A.pgd(
-        CONV, k, x, y, eps=eps, steps=3, norm='l2', restarts=2)),
-    'pgd_targeted': ('linf', lambda k, x, y, eps: A.pgd(
-        CONV, k, x, y, eps=eps, steps=3, target=_random_targets(y))),
+    'fgsm_l2': (
+        'l2',
+        lambda k, x, y, eps: A.fgsm(CONV, k, x, y, eps=eps, norm='l2'),
+    ),
+    'fgsm_rs_linf': (
+        'linf',
+        lambda k, x, y, eps: A.fgsm_rs(CONV, k, x, y, eps=eps),
+    ),
+    'fgsm_rs_l2': (
+        'l2',
+        lambda k, x, y, eps: A.fgsm_rs(CONV, k, x, y, eps=eps, norm='l2'),
+    ),
+    'fgsm_rs_linf_unclipped_start': (
+        'linf',
+        lambda k, x, y, eps: A.fgsm_rs(
+            CONV, k, x, y, eps=eps, clip_start=False
+        ),
+    ),
+    'fgsm_rs_l2_unclipped_start': (
+        'l2',
+        lambda k, x, y, eps: A.fgsm_rs(
+            CONV, k, x, y, eps=eps, norm='l2', clip_start=False
+        ),
+    ),
+    'ifgsm': (
+        'linf',
+        lambda k, x, y, eps: A.ifgsm(CONV, k, x, y, eps=eps, steps=3),
+    ),
+    'pgd_linf_restarts_loop': (
+        'linf',
+        lambda k, x, y, eps: A.pgd(CONV, k, x, y, eps=eps, steps=3, restarts=2),
+    ),
+    'pgd_linf_restarts_vmap': (
+        'linf',
+        lambda k, x, y, eps: A.pgd(
+            CONV, k, x, y, eps=eps, steps=3, restarts=2, restart_batching='vmap'
+        ),
+    ),
+    'pgd_l2_restarts': (
+        'l2',
+        lambda k, x, y, eps: A.pgd(
+            CONV, k, x, y, eps=eps, steps=3, norm='l2', restarts=2
+        ),
+    ),
+    'pgd_targeted': (
+        'linf',
+        lambda k, x, y, eps: A.pgd(
+            CONV, k, x, y, eps=eps, steps=3, target=_random_targets(y)
+        ),
+    ),
     'cw': ('linf', lambda k, x, y, eps: A.cw(CONV, k, x, y, eps=eps, steps=3)),
-    'apgd_ce_linf': ('linf', lambda k, x, y, eps: A.apgd(CONV, k, x, y, eps=eps, steps=8)),
-    'apgd_dlr_linf': ('linf', lambda k, x, y, eps: A.apgd(
-        CONV, k, x, y, eps=eps, steps=8, loss='dlr')),
-    'apgd_ce_l2': ('l2', lambda k, x, y, eps: A.apgd(
-        CONV, k, x, y, eps=eps, steps=8, norm='l2', restarts=2)),
-    'apgd_dlr_l2': ('l2', lambda k, x, y, eps: A.apgd(
-        CONV, k, x, y, eps=eps, steps=8, norm='l2', loss='dlr')),
-    'apgd_t_linf': ('linf', lambda k, x, y, eps: A.apgd_t(CONV, k, x, y, eps=eps, steps=5)),
-    'apgd_t_l2': ('l2', lambda k, x, y, eps: A.apgd_t(
-        CONV, k, x, y, eps=eps, steps=5, norm='l2', num_target_classes=2)),
+    'apgd_ce_linf': (
+        'linf',
+        lambda k, x, y, eps: A.apgd(CONV, k, x, y, eps=eps, steps=8),
+    ),
+    'apgd_dlr_linf': (
+        'linf',
+        lambda k, x, y, eps: A.apgd(
+            CONV, k, x, y, eps=eps, steps=8, loss='dlr'
+        ),
+    ),
+    'apgd_ce_l2': (
+        'l2',
+        lambda k, x, y, eps: A.apgd(
+            CONV, k, x, y, eps=eps, steps=8, norm='l2', restarts=2
+        ),
+    ),
+    'apgd_dlr_l2': (
+        'l2',
+        lambda k, x, y, eps: A.apgd(
+            CONV, k, x, y, eps=eps, steps=8, norm='l2', loss='dlr'
+        ),
+    ),
+    'apgd_t_linf': (
+        'linf',
+        lambda k, x, y, eps: A.apgd_t(CONV, k, x, y, eps=eps, steps=5),
+    ),
+    'apgd_t_l2': (
+        'l2',
+        lambda k, x, y, eps: A.apgd_t(
+            CONV, k, x, y, eps=eps, steps=5, norm='l2', num_target_classes=2
+        ),
+    ),
 }
 
 
@@ -183,7 +267,11 @@ def _eps_strategy():
 def test_attack_stays_in_ball_and_box(name, seed, eps_fraction):
   norm, _ = PROPERTY_ATTACKS[name]
   # Pixel-scale radii: L-inf up to 0.3, L2 from 0.1 up to 3 (the box binds for large ones).
-  eps = 0.3 * eps_fraction if norm == 'linf' else (eps_fraction and 0.1 + 2.9 * eps_fraction)
+  eps = (
+      0.3 * eps_fraction
+      if norm == 'linf'
+      else (eps_fraction and 0.1 + 2.9 * eps_fraction)
+  )
   x, y = random_batch(seed)
   x_adv = _jitted(name)(key(seed), x, y, jnp.float32(eps))
   assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
@@ -223,7 +311,8 @@ def test_fgsm_rs_unclipped_start_takes_the_gradient_outside_the_box():
 def linear_problem(dtype=np.float32, b=16, shape=(4, 4, 2), eps=0.05, seed=0):
   """Binary linear model logits = [0, w.(x - 1/2)] with x in [0.4, 0.6], so the eps ball
   stays inside the box. Maximising CE moves w.x up for y = 0 and down for y = 1: the optimum
-  is s * eps * sign(w) (L-inf) or s * eps * w / |w|_2 (L2) with s = +1 for y = 0, -1 for y = 1."""
+  is s * eps * sign(w) (L-inf) or s * eps * w / |w|_2 (L2) with s = +1 for y = 0, -1 for y = 1.
+  """
   rng = np.random.default_rng(seed)
   w = rng.normal(size=shape)
   w = (4 * w / np.linalg.norm(w)).astype(dtype)
@@ -241,10 +330,14 @@ def linear_problem(dtype=np.float32, b=16, shape=(4, 4, 2), eps=0.05, seed=0):
 
 LINEAR_ATTACKS = {
     'fgsm': functools.partial(A.fgsm),
-    'pgd_no_random_start': functools.partial(A.pgd, steps=10, random_start=False),
+    'pgd_no_random_start': functools.partial(
+        A.pgd, steps=10, random_start=False
+    ),
     # From a random start, each L2 projection only shrinks the off-optimum component by
     # eps / (eps + step_size), so L2 PGD needs a total travel well above the default 2.5 eps.
-    'pgd_random_start': functools.partial(A.pgd, steps=20, step_size=0.05, restarts=2),
+    'pgd_random_start': functools.partial(
+        A.pgd, steps=20, step_size=0.05, restarts=2
+    ),
     'apgd': functools.partial(A.apgd, steps=50),
 }
 
@@ -253,13 +346,18 @@ LINEAR_ATTACKS = {
 @pytest.mark.parametrize('name', sorted(LINEAR_ATTACKS))
 def test_linear_model_optimal_perturbation(name, norm):
   logits_fn, x, y, eps, opt = linear_problem()
-  attack = jax.jit(functools.partial(LINEAR_ATTACKS[name], logits_fn, eps=eps, norm=norm))
+  attack = jax.jit(
+      functools.partial(LINEAR_ATTACKS[name], logits_fn, eps=eps, norm=norm)
+  )
   x_adv = attack(key(0), x, y)
   delta = np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)
   if norm == 'linf':
     np.testing.assert_allclose(delta, opt['linf'], atol=1e-4)
   else:
-    err = np.linalg.norm((delta - opt['l2']).reshape(len(delta), -1), axis=1) / eps
+    err = (
+        np.linalg.norm((delta - opt['l2']).reshape(len(delta), -1), axis=1)
+        / eps
+    )
     # APGD returns its highest-loss iterate. Near the L2 optimum the loss varies with the
     # squared angle to it, below float32 resolution at ~1e-3, so float32 only bounds APGD's
     # answer to a few 1e-3; float64 (below) checks that the algorithm itself converges.
@@ -271,27 +369,38 @@ def _enable_x64():
   if hasattr(jax, 'enable_x64'):
     return jax.enable_x64(True)
   from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+
   return enable_x64()
 
 
 def test_linear_model_apgd_l2_float64():
   with _enable_x64():
     logits_fn, x, y, eps, opt = linear_problem(dtype=np.float64)
-    attack = jax.jit(functools.partial(A.apgd, logits_fn, eps=eps, norm='l2', steps=50))
+    attack = jax.jit(
+        functools.partial(A.apgd, logits_fn, eps=eps, norm='l2', steps=50)
+    )
     x_adv = attack(key(0), x, y)
     assert x_adv.dtype == jnp.float64
     delta = np.asarray(x_adv) - np.asarray(x)
-    err = np.linalg.norm((delta - opt['l2']).reshape(len(delta), -1), axis=1) / eps
+    err = (
+        np.linalg.norm((delta - opt['l2']).reshape(len(delta), -1), axis=1)
+        / eps
+    )
     assert err.max() <= 1e-3, err
 
 
 # ------------------------------------------------------------------------------------------
 # Restarts.
 
+
 def _individual_restarts(attack, rng, x, y, restarts, logits_fn=CONV):
   """Each restart run on its own (restart r = the attack with restart_keys(rng, R)[r])."""
-  xs = jnp.stack([attack(logits_fn, k, x, y, restarts=1)
-                  for k in A.restart_keys(rng, restarts)])
+  xs = jnp.stack(
+      [
+          attack(logits_fn, k, x, y, restarts=1)
+          for k in A.restart_keys(rng, restarts)
+      ]
+  )
   logits = jax.vmap(logits_fn)(xs)
   losses = jax.vmap(A.cross_entropy, in_axes=(0, None))(logits, y)
   success = jnp.argmax(logits, -1) != y
@@ -300,8 +409,11 @@ def _individual_restarts(attack, rng, x, y, restarts, logits_fn=CONV):
 
 # Two short steps from a wide random start: restarts end at different points and succeed on
 # different examples. Module level, so both tests below reuse the restarts=1 compilation.
-_SHORT_PGD = jax.jit(functools.partial(A.pgd, eps=0.2, steps=2, step_size=0.01),
-                     static_argnums=0, static_argnames=('restarts', 'restart_batching'))
+_SHORT_PGD = jax.jit(
+    functools.partial(A.pgd, eps=0.2, steps=2, step_size=0.01),
+    static_argnums=0,
+    static_argnames=('restarts', 'restart_batching'),
+)
 
 
 @pytest.mark.parametrize('restart_batching', ['loop', 'vmap'])
@@ -312,8 +424,11 @@ def test_pgd_restarts_keep_first_success_else_highest_loss(restart_batching):
   # Threefry keys: rbg keys draw different bits under vmap than one at a time.
   rng = jax.random.key(5)
   xs, losses, success = _individual_restarts(_SHORT_PGD, rng, x, y, restarts)
-  got = np.asarray(_SHORT_PGD(CONV, rng, x, y, restarts=restarts,
-                              restart_batching=restart_batching))
+  got = np.asarray(
+      _SHORT_PGD(
+          CONV, rng, x, y, restarts=restarts, restart_batching=restart_batching
+      )
+  )
 
   any_success = success.any(0)
   chosen = np.where(any_success, success.argmax(0), losses.argmax(0))
@@ -322,7 +437,9 @@ def test_pgd_restarts_keep_first_success_else_highest_loss(restart_batching):
   assert (chosen[any_success] > 0).any()
   np.testing.assert_allclose(got, xs[chosen, np.arange(len(y))], atol=1e-6)
   got_loss = np.asarray(A.cross_entropy(CONV(jnp.asarray(got)), y))
-  np.testing.assert_allclose(got_loss[~any_success], losses.max(0)[~any_success], rtol=1e-5)
+  np.testing.assert_allclose(
+      got_loss[~any_success], losses.max(0)[~any_success], rtol=1e-5
+  )
 
 
 def test_restarts_without_success_keep_max_loss():
@@ -330,20 +447,26 @@ def test_restarts_without_success_keep_max_loss():
   x, y = random_batch(2, shape=(16, 6, 6, 2))
   # Make every example correctly classified with a margin a tiny eps cannot overturn.
   robust = lambda z: CONV(z) + 100.0 * jax.nn.one_hot(y, NUM_CLASSES)
-  for attack in (functools.partial(A.pgd, eps=1e-3, steps=3),
-                 functools.partial(A.apgd, eps=1e-3, steps=4, norm='l2')):
+  for attack in (
+      functools.partial(A.pgd, eps=1e-3, steps=3),
+      functools.partial(A.apgd, eps=1e-3, steps=4, norm='l2'),
+  ):
     attack = jax.jit(attack, static_argnums=0, static_argnames='restarts')
-    xs, losses, success = _individual_restarts(attack, key(7), x, y, restarts, robust)
+    xs, losses, success = _individual_restarts(
+        attack, key(7), x, y, restarts, robust
+    )
     assert not success.any()
     got = attack(robust, key(7), x, y, restarts=restarts)
     got_loss = np.asarray(A.cross_entropy(robust(got), y))
     np.testing.assert_allclose(got_loss, losses.max(0), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(got), xs[losses.argmax(0), np.arange(len(y))],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(got), xs[losses.argmax(0), np.arange(len(y))], atol=1e-6
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # Compile size does not grow with the number of steps.
+
 
 def _hlo_text(attack, steps):
   x, y = random_batch(0)
@@ -357,12 +480,14 @@ def test_program_size_independent_of_steps():
   assert _hlo_text(A.pgd, 10) == _hlo_text(A.pgd, 100)
   # APGD's checkpoint table is a (steps + 1,) constant: its type names the length.
   apgd_10, apgd_100 = _hlo_text(A.apgd, 10), _hlo_text(A.apgd, 100)
-  assert apgd_10.replace('tensor<11x', 'tensor<Nx') == apgd_100.replace('tensor<101x',
-                                                                        'tensor<Nx')
+  assert apgd_10.replace('tensor<11x', 'tensor<Nx') == apgd_100.replace(
+      'tensor<101x', 'tensor<Nx'
+  )
 
 
 # ------------------------------------------------------------------------------------------
 # A small MLP trained on real MNIST.
+
 
 def _mnist_dir():
   candidates = []
@@ -383,7 +508,9 @@ def _read_idx(path):
   magic = int.from_bytes(data[:4], 'big')
   assert magic >> 8 == 0x08, f'{path}: not a uint8 IDX file'
   ndim = magic & 0xFF
-  dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+  dims = [
+      int.from_bytes(data[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim)
+  ]
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -391,11 +518,20 @@ def _read_idx(path):
 def mnist_model():
   path = _mnist_dir()
   if path is None:
-    pytest.skip('MNIST IDX files not found in $JAXADV_DATA_DIR or ../shared/data/mnist')
+    pytest.skip(
+        'MNIST IDX files not found in $JAXADV_DATA_DIR or ../shared/data/mnist'
+    )
   n_train, n_test = 12000, 500
-  x_tr = _read_idx(path / 'train-images-idx3-ubyte.gz')[:n_train, :, :, None] / 255.0
-  y_tr = _read_idx(path / 'train-labels-idx1-ubyte.gz')[:n_train].astype(np.int32)
-  x_te = _read_idx(path / 't10k-images-idx3-ubyte.gz')[:n_test, :, :, None] / 255.0
+  x_tr = (
+      _read_idx(path / 'train-images-idx3-ubyte.gz')[:n_train, :, :, None]
+      / 255.0
+  )
+  y_tr = _read_idx(path / 'train-labels-idx1-ubyte.gz')[:n_train].astype(
+      np.int32
+  )
+  x_te = (
+      _read_idx(path / 't10k-images-idx3-ubyte.gz')[:n_test, :, :, None] / 255.0
+  )
   y_te = _read_idx(path / 't10k-labels-idx1-ubyte.gz')[:n_test].astype(np.int32)
 
   def apply(p, x):
@@ -403,15 +539,23 @@ def mnist_model():
     return h @ p['w2'] + p['b2']
 
   k1, k2 = jax.random.split(jax.random.key(0))
-  params = dict(w1=jax.random.normal(k1, (784, 128)) * np.sqrt(2 / 784), b1=jnp.zeros(128),
-                w2=jax.random.normal(k2, (128, 10)) * np.sqrt(1 / 128), b2=jnp.zeros(10))
+  params = dict(
+      w1=jax.random.normal(k1, (784, 128)) * np.sqrt(2 / 784),
+      b1=jnp.zeros(128),
+      w2=jax.random.normal(k2, (128, 10)) * np.sqrt(1 / 128),
+      b2=jnp.zeros(10),
+  )
   opt = optax.adam(1e-3)
 
   @jax.jit
-  def train(params, x_all, y_all, idx):  # 400 Adam steps of batch 128 in one scan
+  def train(
+      params, x_all, y_all, idx
+  ):  # 400 Adam steps of batch 128 in one scan
     def step(carry, batch_idx):
       params, opt_state = carry
-      loss_fn = lambda p: A.cross_entropy(apply(p, x_all[batch_idx]), y_all[batch_idx]).mean()
+      loss_fn = lambda p: A.cross_entropy(
+          apply(p, x_all[batch_idx]), y_all[batch_idx]
+      ).mean()
       grads = jax.grad(loss_fn)(params)
       updates, opt_state = opt.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
@@ -419,40 +563,59 @@ def mnist_model():
     return lax.scan(step, (params, opt.init(params)), idx)[0][0]
 
   idx = np.random.default_rng(0).integers(0, n_train, (400, 128))
-  params = train(params, jnp.asarray(x_tr, jnp.float32), jnp.asarray(y_tr), jnp.asarray(idx))
+  params = train(
+      params,
+      jnp.asarray(x_tr, jnp.float32),
+      jnp.asarray(y_tr),
+      jnp.asarray(idx),
+  )
   logits_fn = functools.partial(apply, params)
   return logits_fn, jnp.asarray(x_te, jnp.float32), jnp.asarray(y_te)
 
 
 def _run_spec(spec, logits_fn, x, y, rng):
-  return jax.jit(lambda r, x, y: A.make_attack(spec)(logits_fn, r, x, y))(rng, x, y)
+  return jax.jit(lambda r, x, y: A.make_attack(spec)(logits_fn, r, x, y))(
+      rng, x, y
+  )
 
 
 def test_mnist_attack_strength_ordering(mnist_model):
   logits_fn, x, y = mnist_model
   accuracy = lambda xa: float(jnp.mean(jnp.argmax(logits_fn(xa), -1) == y))
   rng = jax.random.key(1)
-  acc = {s: accuracy(_run_spec(s, logits_fn, x, y, rng))
-         for s in ('clean', 'fgsm(eps=0.1)', 'pgd(eps=0.1, steps=40)',
-                   'apgd_t(eps=0.1, steps=25)')}
+  acc = {
+      s: accuracy(_run_spec(s, logits_fn, x, y, rng))
+      for s in (
+          'clean',
+          'fgsm(eps=0.1)',
+          'pgd(eps=0.1, steps=40)',
+          'apgd_t(eps=0.1, steps=25)',
+      )
+  }
   assert acc['clean'] > 0.9, acc
   assert acc['fgsm(eps=0.1)'] < acc['clean'] - 0.5, acc
   assert acc['pgd(eps=0.1, steps=40)'] <= acc['fgsm(eps=0.1)'], acc
-  assert acc['apgd_t(eps=0.1, steps=25)'] <= acc['pgd(eps=0.1, steps=40)'] + 0.005, acc
+  assert (
+      acc['apgd_t(eps=0.1, steps=25)'] <= acc['pgd(eps=0.1, steps=40)'] + 0.005
+  ), acc
 
 
 @pytest.mark.parametrize('target', ['random', 'worst'])
 def test_mnist_targeted_pgd_raises_target_probability(mnist_model, target):
   logits_fn, x, y = mnist_model
   rng = jax.random.key(2)
-  x_adv = _run_spec(f'pgd(eps=0.1, steps=40, target={target})', logits_fn, x, y, rng)
+  x_adv = _run_spec(
+      f'pgd(eps=0.1, steps=40, target={target})', logits_fn, x, y, rng
+  )
   # The targets make_attack picks (documented: random uses the first half of split(rng)).
   if target == 'worst':
     t = A.worst_target(logits_fn(x), y)
   else:
     t = A.random_target(jax.random.split(rng)[0], y, 10)
   assert not np.any(np.asarray(t) == np.asarray(y))
-  p_target = lambda xa: jnp.take_along_axis(jax.nn.softmax(logits_fn(xa)), t[:, None], 1)
+  p_target = lambda xa: jnp.take_along_axis(
+      jax.nn.softmax(logits_fn(xa)), t[:, None], 1
+  )
   hit_rate = lambda xa: float(jnp.mean(jnp.argmax(logits_fn(xa), -1) == t))
   # The least likely class is far at eps = 0.1 (about 0.05 mean probability and 7% hits
   # against 1e-4 and 0% clean); a random target gets about 0.46 and 53%.
@@ -463,20 +626,34 @@ def test_mnist_targeted_pgd_raises_target_probability(mnist_model, target):
 # ------------------------------------------------------------------------------------------
 # Attack specs.
 
-@pytest.mark.parametrize('text, canonical', [
-    ('pgd(norm=linf, eps=8/255, steps=50, restarts=10)',
-     'pgd(norm=linf, eps=8/255, steps=50, restarts=10)'),
-    (' pgd( restarts = 10,eps=16/510 , norm=l2 ) ', 'pgd(norm=l2, eps=8/255, restarts=10)'),
-    ('fgsm(eps=0.3)', 'fgsm(eps=0.3)'),
-    ('apgd_ce(eps=0.3, steps=100)', 'apgd_ce(eps=0.3, steps=100)'),
-    ('apgd_t(eps=8/255)', 'apgd_t(eps=8/255)'),
-    ('cw(eps=8/255, steps=100)', 'cw(eps=8/255, steps=100)'),
-    ('pgd(eps=0.3, steps=40, target=random)', 'pgd(eps=0.3, steps=40, target=random)'),
-    ('pgd(target=worst, eps=1e-2, random_start=false)',
-     'pgd(eps=0.01, random_start=false, target=worst)'),
-    ('clean', 'clean'),
-    ('clean()', 'clean'),
-])
+
+@pytest.mark.parametrize(
+    'text, canonical',
+    [
+        (
+            'pgd(norm=linf, eps=8/255, steps=50, restarts=10)',
+            'pgd(norm=linf, eps=8/255, steps=50, restarts=10)',
+        ),
+        (
+            ' pgd( restarts = 10,eps=16/510 , norm=l2 ) ',
+            'pgd(norm=l2, eps=8/255, restarts=10)',
+        ),
+        ('fgsm(eps=0.3)', 'fgsm(eps=0.3)'),
+        ('apgd_ce(eps=0.3, steps=100)', 'apgd_ce(eps=0.3, steps=100)'),
+        ('apgd_t(eps=8/255)', 'apgd_t(eps=8/255)'),
+        ('cw(eps=8/255, steps=100)', 'cw(eps=8/255, steps=100)'),
+        (
+            'pgd(eps=0.3, steps=40, target=random)',
+            'pgd(eps=0.3, steps=40, target=random)',
+        ),
+        (
+            'pgd(target=worst, eps=1e-2, random_start=false)',
+            'pgd(eps=0.01, random_start=false, target=worst)',
+        ),
+        ('clean', 'clean'),
+        ('clean()', 'clean'),
+    ],
+)
 def test_parse_canonical_round_trip(text, canonical):
   spec = A.parse_attack(text)
   assert str(spec) == canonical
@@ -488,16 +665,24 @@ def test_parse_canonical_round_trip(text, canonical):
 @given(name=st.sampled_from(sorted(set(A.ATTACKS) - {'clean'})), data=st.data())
 def test_parse_round_trip_property(name, data):
   values = {
-      'norm': st.sampled_from(A.NORMS), 'eps': st.fractions(0, 1, max_denominator=1000),
-      'steps': st.integers(1, 500), 'step_size': st.floats(1e-4, 1.0),
-      'alpha': st.floats(0.01, 1.0), 'restarts': st.integers(1, 20),
-      'random_start': st.booleans(), 'clip_start': st.booleans(),
+      'norm': st.sampled_from(A.NORMS),
+      'eps': st.fractions(0, 1, max_denominator=1000),
+      'steps': st.integers(1, 500),
+      'step_size': st.floats(1e-4, 1.0),
+      'alpha': st.floats(0.01, 1.0),
+      'restarts': st.integers(1, 20),
+      'random_start': st.booleans(),
+      'clip_start': st.booleans(),
       'loss': st.sampled_from(A.LOSSES),
-      'target': st.sampled_from(A.TARGETS), 'rho': st.floats(0.01, 1.0),
+      'target': st.sampled_from(A.TARGETS),
+      'rho': st.floats(0.01, 1.0),
       'num_target_classes': st.integers(1, 20),
       'restart_batching': st.sampled_from(A.RESTART_BATCHING),
-      'queries': st.integers(1, 10000), 'p_init': st.floats(0.01, 1.0),
-      'rescale_schedule': st.booleans(), 'keep_best': st.booleans()}
+      'queries': st.integers(1, 10000),
+      'p_init': st.floats(0.01, 1.0),
+      'rescale_schedule': st.booleans(),
+      'keep_best': st.booleans(),
+  }
   keys = A.specs._spec_keys(name)
   chosen = data.draw(st.lists(st.sampled_from(keys), unique=True)) + ['eps']
   params = {k: data.draw(values[k]) for k in dict.fromkeys(chosen)}
@@ -517,43 +702,77 @@ def test_parse_round_trip_property(name, data):
 def test_describe_resolves_defaults():
   eps = 8 / 255
   d = A.parse_attack('pgd(eps=8/255)').describe()
-  assert d == dict(attack='pgd', norm='linf', eps=eps, steps=10, step_size=2.5 * eps / 10,
-                   restarts=1, loss='ce', target=None, random_start=True)
+  assert d == dict(
+      attack='pgd',
+      norm='linf',
+      eps=eps,
+      steps=10,
+      step_size=2.5 * eps / 10,
+      restarts=1,
+      loss='ce',
+      target=None,
+      random_start=True,
+  )
   d = A.parse_attack('cw(eps=8/255, steps=100, norm=l2)').describe()
   assert (d['loss'], d['norm'], d['step_size']) == ('cw', 'l2', 2.5 * eps / 100)
   d = A.parse_attack('apgd_t(eps=8/255)').describe()
-  assert d == dict(attack='apgd_t', norm='linf', eps=eps, steps=100, step_size=2 * eps,
-                   restarts=1, loss='dlr_targeted', target='top9', random_start=None)
+  assert d == dict(
+      attack='apgd_t',
+      norm='linf',
+      eps=eps,
+      steps=100,
+      step_size=2 * eps,
+      restarts=1,
+      loss='dlr_targeted',
+      target='top9',
+      random_start=None,
+  )
   assert A.parse_attack('apgd_ce(eps=0.3)').describe()['loss'] == 'ce'
   assert A.parse_attack('fgsm(eps=0.3)').describe()['step_size'] == 0.3
-  assert A.parse_attack('fgsm_rs(eps=0.2)').describe()['step_size'] == 1.25 * 0.2
+  assert (
+      A.parse_attack('fgsm_rs(eps=0.2)').describe()['step_size'] == 1.25 * 0.2
+  )
   d = A.parse_attack('ifgsm(eps=0.1, steps=5)').describe()
   assert d['step_size'] == 1 / 255 and d['steps'] == 5  # Kurakin's step
-  d = A.parse_attack('pgd(eps=0.3, steps=40, step_size=0.01, target=worst)').describe()
+  d = A.parse_attack(
+      'pgd(eps=0.3, steps=40, step_size=0.01, target=worst)'
+  ).describe()
   assert (d['step_size'], d['target']) == (0.01, 'worst')
   assert set(A.parse_attack('clean').describe()) == set(d)
 
 
-@pytest.mark.parametrize('text, expected', [
-    ('pgdx(eps=0.3)', ["unknown attack 'pgdx'", 'apgd_t', 'fgsm', 'pgd']),
-    ('pgd(eps=-1)', ['eps', '>= 0']),
-    ('pgd(eps=0.3, steps=0)', ['steps']),
-    ('pgd(eps=0.3, steps=2.5)', ['steps']),
-    ('pgd(eps=0.3, step_size=0)', ['step_size']),
-    ('pgd(eps=0.3, foo=1)', ["unknown key 'foo'", 'eps', 'steps', 'restarts']),
-    ('apgd_t(eps=0.3, target=worst)', ["unknown key 'target'", 'num_target_classes']),
-    ('pgd(eps=0.3, norm=l3)', ['norm', 'linf', 'l2']),
-    ('pgd(eps=0.3, target=best)', ['target', 'random', 'worst']),
-    ('pgd(eps=0.3, eps=0.1)', ['eps', 'twice']),
-    ('pgd(eps=8)', ['eps=8', '<= 1', 'norm=linf', '8/255']),
-    ('pgd(eps=0.3, restarts=5, random_start=false)', ['restarts=5', 'random_start']),
-    ('fgsm_rs(eps=0.3, clip_start=maybe)', ['clip_start', 'true', 'false']),
-    ('pgd(steps=10)', ['eps', 'required']),
-    ('pgd(eps)', ['key=value']),
-    ('pgd(eps=1/0)', ['eps', 'zero']),
-    ('pgd(eps=__import__("os"))', ['eps']),
-    ('pgd(eps=0.3', ['expected']),
-])
+@pytest.mark.parametrize(
+    'text, expected',
+    [
+        ('pgdx(eps=0.3)', ["unknown attack 'pgdx'", 'apgd_t', 'fgsm', 'pgd']),
+        ('pgd(eps=-1)', ['eps', '>= 0']),
+        ('pgd(eps=0.3, steps=0)', ['steps']),
+        ('pgd(eps=0.3, steps=2.5)', ['steps']),
+        ('pgd(eps=0.3, step_size=0)', ['step_size']),
+        (
+            'pgd(eps=0.3, foo=1)',
+            ["unknown key 'foo'", 'eps', 'steps', 'restarts'],
+        ),
+        (
+            'apgd_t(eps=0.3, target=worst)',
+            ["unknown key 'target'", 'num_target_classes'],
+        ),
+        ('pgd(eps=0.3, norm=l3)', ['norm', 'linf', 'l2']),
+        ('pgd(eps=0.3, target=best)', ['target', 'random', 'worst']),
+        ('pgd(eps=0.3, eps=0.1)', ['eps', 'twice']),
+        ('pgd(eps=8)', ['eps=8', '<= 1', 'norm=linf', '8/255']),
+        (
+            'pgd(eps=0.3, restarts=5, random_start=false)',
+            ['restarts=5', 'random_start'],
+        ),
+        ('fgsm_rs(eps=0.3, clip_start=maybe)', ['clip_start', 'true', 'false']),
+        ('pgd(steps=10)', ['eps', 'required']),
+        ('pgd(eps)', ['key=value']),
+        ('pgd(eps=1/0)', ['eps', 'zero']),
+        ('pgd(eps=__import__("os"))', ['eps']),
+        ('pgd(eps=0.3', ['expected']),
+    ],
+)
 def test_parse_errors(text, expected):
   with pytest.raises(ValueError) as info:
     A.parse_attack(text)
@@ -568,10 +787,14 @@ def test_spec_reaches_clip_start_and_large_l2_eps():
   rng = key(5)
   run = lambda fn: jax.jit(lambda r, x, y: fn(CONV, r, x, y))(rng, x, y)
   for clip in (True, False):
-    got = run(A.make_attack(f'fgsm_rs(eps=0.3, clip_start={str(clip).lower()})'))
+    got = run(
+        A.make_attack(f'fgsm_rs(eps=0.3, clip_start={str(clip).lower()})')
+    )
     want = run(functools.partial(A.fgsm_rs, eps=0.3, clip_start=clip))
     np.testing.assert_array_equal(got, want)
-  assert A.parse_attack('pgd(norm=l2, eps=2)').kwargs['eps'] == 2  # L2 eps may exceed 1
+  assert (
+      A.parse_attack('pgd(norm=l2, eps=2)').kwargs['eps'] == 2
+  )  # L2 eps may exceed 1
 
 
 def test_make_attack_matches_direct_call():
@@ -582,8 +805,19 @@ def test_make_attack_matches_direct_call():
   want = run(functools.partial(A.pgd, eps=0.5, steps=3, norm='l2', restarts=2))
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(A.make_attack('clean')(CONV, rng, x, y), x)
-  assert set(A.ATTACKS) >= {'clean', 'fgsm', 'fgsm_rs', 'ifgsm', 'bim', 'pgd', 'cw', 'apgd',
-                            'apgd_ce', 'apgd_dlr', 'apgd_t'}
+  assert set(A.ATTACKS) >= {
+      'clean',
+      'fgsm',
+      'fgsm_rs',
+      'ifgsm',
+      'bim',
+      'pgd',
+      'cw',
+      'apgd',
+      'apgd_ce',
+      'apgd_dlr',
+      'apgd_t',
+  }
   assert math.isclose(A.parse_attack('pgd(eps=8/255)').kwargs['eps'], 8 / 255)
 
 
@@ -593,7 +827,9 @@ def test_fgsm_rs_start_fills_the_eps_ball(norm):
   x = jnp.full((64, 8, 8, 1), 0.5)
   y = jnp.zeros((64,), jnp.int32)
   flat = lambda xa: jnp.zeros((xa.shape[0], 3))
-  eps = 0.3 if norm == 'linf' else 1.0  # L2: coordinates ~ 1/8, [0, 1] clips none
+  eps = (
+      0.3 if norm == 'linf' else 1.0
+  )  # L2: coordinates ~ 1/8, [0, 1] clips none
   out = np.asarray(A.fgsm_rs(flat, key(0), x, y, eps=eps, norm=norm) - x)
   if norm == 'linf':  # uniform in the box: |d| ~ U(0, eps)
     d = np.abs(out)

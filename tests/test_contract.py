@@ -3,6 +3,7 @@ against it here: an auxiliary network with its own Adam and poly schedule,
 and a frozen teacher loaded from another run's workdir. Checkpoint, kill,
 resume must give exactly the uninterrupted run's state, and the frozen
 network must never be written into the checkpoints."""
+
 import os
 import signal
 
@@ -32,8 +33,10 @@ def validate(config):
 
 
 def settings(config):
-  return dict(teacher=config.method.teacher,
-              distill_weight=float(config.method.distill_weight))
+  return dict(
+      teacher=config.method.teacher,
+      distill_weight=float(config.method.distill_weight),
+  )
 
 
 def init(ctx, rng):
@@ -64,12 +67,14 @@ def make_train_step(ctx):
 
     g, (loss, stats) = jax.grad(main_loss, has_aux=True)(state.params)
     g_aux, (aux_logits, aux_stats) = jax.grad(aux_loss, has_aux=True)(
-        state.nets['aux'].params)
+        state.nets['aux'].params
+    )
     aux = common.update_network(state.nets['aux'], g_aux, aux_stats, axis)
     state = common.apply_update(state.with_net('aux', aux), g, stats, axis)
-    return state, {'loss': common.summed(loss),
-                   'aux_accuracy': common.summed(common.correct(aux_logits,
-                                                                y))}
+    return state, {
+        'loss': common.summed(loss),
+        'aux_accuracy': common.summed(common.correct(aux_logits, y)),
+    }
 
   return train_step
 
@@ -85,23 +90,30 @@ def example_method(monkeypatch):
 @pytest.fixture(scope='module')
 def teacher_dir(tiny_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('teacher'))
-  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
-                                         'num_epochs': 1})
+  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5', 'num_epochs': 1})
   assert train.train_and_evaluate(config, workdir)['status'] == 'completed'
   return workdir
 
 
 def _config(tiny_data_dir, teacher_dir):
-  c = tiny_config(tiny_data_dir, **{'model.name': 'cnn5', 'num_epochs': 2,
-                                    'optim.name': 'sgd', 'optim.lr': 0.05})
+  c = tiny_config(
+      tiny_data_dir,
+      **{
+          'model.name': 'cnn5',
+          'num_epochs': 2,
+          'optim.name': 'sgd',
+          'optim.lr': 0.05,
+      },
+  )
   c.method.name = 'example_distill'
   c.method.teacher = teacher_dir
   c.method.distill_weight = 0.5
   return c
 
 
-def test_aux_and_frozen_networks_are_built(tiny_data_dir, teacher_dir,
-                                           example_method):
+def test_aux_and_frozen_networks_are_built(
+    tiny_data_dir, teacher_dir, example_method
+):
   config = _config(tiny_data_dir, teacher_dir)
   ds = build.load_data(config)
   b = build.setup(config, ds, parallel.make_mesh())
@@ -117,16 +129,19 @@ def test_aux_and_frozen_networks_are_built(tiny_data_dir, teacher_dir,
   # The teacher is the teacher run's main network, read-only.
   teacher_run = build.load_config(teacher_dir)
   assert teacher_run.method.name == 'standard'
-  saved = ocp.StandardCheckpointer().restore(os.path.join(
-      build.latest_step_dir(teacher_dir), 'state'))
-  for a, t in zip(jax.tree_util.tree_leaves(
-      b.state.frozen['teacher'].variables['params']),
-                  jax.tree_util.tree_leaves(saved['nets']['main']['params'])):
+  saved = ocp.StandardCheckpointer().restore(
+      os.path.join(build.latest_step_dir(teacher_dir), 'state')
+  )
+  for a, t in zip(
+      jax.tree_util.tree_leaves(b.state.frozen['teacher'].variables['params']),
+      jax.tree_util.tree_leaves(saved['nets']['main']['params']),
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(t))
 
 
 def test_kill_and_resume_is_bit_identical_and_frozen_is_never_saved(
-    tiny_data_dir, teacher_dir, tmp_path, monkeypatch, example_method):
+    tiny_data_dir, teacher_dir, tmp_path, monkeypatch, example_method
+):
   config = _config(tiny_data_dir, teacher_dir)
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   assert full['status'] == 'completed'
@@ -152,29 +167,41 @@ def test_kill_and_resume_is_bit_identical_and_frozen_is_never_saved(
 
   ds = build.load_data(config)
   template = build.setup(config, ds, parallel.make_mesh()).state
-  states = [ckpt_lib.Checkpointer(str(tmp_path / d / 'checkpoints')).restore(
-      template)[0] for d in ('full', 'resumed')]
+  states = [
+      ckpt_lib.Checkpointer(str(tmp_path / d / 'checkpoints')).restore(
+          template
+      )[0]
+      for d in ('full', 'resumed')
+  ]
   a, b = (ts.saved_tree(s) for s in states)
   assert sorted(a['nets']) == ['aux', 'main']
   flat_a = jax.tree_util.tree_leaves_with_path(a)
   flat_b = jax.tree_util.tree_leaves(b)
   assert len(flat_a) == len(flat_b)
   for (path, x), y in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
-                                  err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(
+        np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path)
+    )
   # The aux network trained (its Adam moved it away from its init).
-  moved = [not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(
-      jax.tree_util.tree_leaves(states[0].nets['aux'].params),
-      jax.tree_util.tree_leaves(template.nets['aux'].params))]
+  moved = [
+      not np.array_equal(np.asarray(x), np.asarray(y))
+      for x, y in zip(
+          jax.tree_util.tree_leaves(states[0].nets['aux'].params),
+          jax.tree_util.tree_leaves(template.nets['aux'].params),
+      )
+  ]
   assert any(moved)
 
   # No checkpoint file holds the teacher: its raw tree has no frozen
   # networks, and exactly the leaves of the trained part of the state.
   for d in ('full', 'resumed'):
-    raw = ocp.StandardCheckpointer().restore(os.path.join(
-        build.latest_step_dir(str(tmp_path / d)), 'state'))
+    raw = ocp.StandardCheckpointer().restore(
+        os.path.join(build.latest_step_dir(str(tmp_path / d)), 'state')
+    )
     assert not raw.get('frozen')
     assert len(jax.tree_util.tree_leaves(raw)) == len(flat_a)
-    paths = [jax.tree_util.keystr(p) for p, _ in
-             jax.tree_util.tree_leaves_with_path(raw)]
+    paths = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(raw)
+    ]
     assert not any('teacher' in p or 'frozen' in p for p in paths)

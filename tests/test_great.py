@@ -1,5 +1,6 @@
 """The great method (GREAT / GREACE on the v2 contract), the Table 1 tool and
 the saliency maps."""
+
 import os
 
 import jax
@@ -16,11 +17,21 @@ from jaxadv import validation
 
 
 def _config(data_dir, variant='both', **overrides):
-  c = tiny_config(data_dir, **{'model.name': 'cnn5', 'num_epochs': 1,
-                               'method.name': 'great', **overrides})
+  c = tiny_config(
+      data_dir,
+      **{
+          'model.name': 'cnn5',
+          'num_epochs': 1,
+          'method.name': 'great',
+          **overrides,
+      },
+  )
   c.method.variant = variant
-  c.eval.attacks = ('clean', 'fgsm(eps=0.1)',
-                    'ifgsm(eps=0.1, steps=2, step_size=0.05, target=worst)')
+  c.eval.attacks = (
+      'clean',
+      'fgsm(eps=0.1)',
+      'ifgsm(eps=0.1, steps=2, step_size=0.05, target=worst)',
+  )
   c.eval.num_examples = 40
   c.eval.batch_size = 40
   return c
@@ -32,8 +43,9 @@ def great_runs(tiny_data_dir, tmp_path_factory):
   out = {}
   for variant in ('both', 'greace'):
     out[variant] = str(root / variant)
-    res = train.train_and_evaluate(_config(tiny_data_dir, variant),
-                                   out[variant])
+    res = train.train_and_evaluate(
+        _config(tiny_data_dir, variant), out[variant]
+    )
     assert res['status'] == 'completed'
   return out
 
@@ -41,17 +53,21 @@ def great_runs(tiny_data_dir, tmp_path_factory):
 def test_both_networks_train_and_are_checkpointed(great_runs):
   wd = great_runs['both']
   saved = ocp.StandardCheckpointer().restore(
-      os.path.join(build.latest_step_dir(wd), 'state'))
+      os.path.join(build.latest_step_dir(wd), 'state')
+  )
   assert sorted(saved['nets']) == ['aux', 'main']
   # The aux network is the main architecture with leaky ReLU on g: same
   # parameter shapes, and Adam moments (not SGD's trace) in its opt_state.
   shapes = lambda t: [a.shape for a in jax.tree_util.tree_leaves(t)]
   assert shapes(saved['nets']['aux']['params']) == shapes(
-      saved['nets']['main']['params'])
+      saved['nets']['main']['params']
+  )
   assert len(jax.tree_util.tree_leaves(saved['nets']['aux']['opt_state'])) > (
-      2 * len(jax.tree_util.tree_leaves(saved['nets']['aux']['params'])))
+      2 * len(jax.tree_util.tree_leaves(saved['nets']['aux']['params']))
+  )
   lines = open(os.path.join(wd, 'metrics.jsonl')).read().splitlines()
   import json  # pylint: disable=g-import-not-at-top
+
   logs = [json.loads(l) for l in lines if 'aux_loss' in l]
   assert logs and all(np.isfinite(r['aux_loss']) for r in logs)
   # alpha and beta ramp up from 0 (poly 0.9) towards alpha_max / beta_max.
@@ -61,43 +77,81 @@ def test_both_networks_train_and_are_checkpointed(great_runs):
 
 
 def test_variants_train_differently(great_runs):
-  a, b = (ocp.StandardCheckpointer().restore(os.path.join(
-      build.latest_step_dir(great_runs[v]), 'state')) for v in ('both',
-                                                              'greace'))
-  diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-             for x, y in zip(jax.tree_util.tree_leaves(a['nets']['main']),
-                             jax.tree_util.tree_leaves(b['nets']['main'])))
+  a, b = (
+      ocp.StandardCheckpointer().restore(
+          os.path.join(build.latest_step_dir(great_runs[v]), 'state')
+      )
+      for v in ('both', 'greace')
+  )
+  diff = max(
+      float(np.abs(np.asarray(x) - np.asarray(y)).max())
+      for x, y in zip(
+          jax.tree_util.tree_leaves(a['nets']['main']),
+          jax.tree_util.tree_leaves(b['nets']['main']),
+      )
+  )
   assert diff > 1e-6
 
 
-@pytest.mark.parametrize('overrides,needle', [
-    ({'variant': 'gre'}, "config.method.variant='gre'"),
-    ({'alpha_max': -1.0}, 'config.method.alpha_max=-1.0 must be'),
-    ({'aux_model': 'resnet1'}, "config.method.aux_model='resnet1'"),
-    ({'alpha': 1.0}, 'config.method.alpha is not a key'),
-])
+@pytest.mark.parametrize(
+    'overrides,needle',
+    [
+        ({'variant': 'gre'}, "config.method.variant='gre'"),
+        ({'alpha_max': -1.0}, 'config.method.alpha_max=-1.0 must be'),
+        ({'aux_model': 'resnet1'}, "config.method.aux_model='resnet1'"),
+        ({'alpha': 1.0}, 'config.method.alpha is not a key'),
+    ],
+)
 def test_bad_great_keys_are_one_line_errors(tiny_data_dir, overrides, needle):
   c = _config(tiny_data_dir)
   for k, v in overrides.items():
     c.method[k] = v
-  with pytest.raises(validation.ConfigError, match=needle.replace('(', r'\(')
-                     .replace(')', r'\)').replace('.', r'\.')):
+  with pytest.raises(
+      validation.ConfigError,
+      match=needle.replace('(', r'\(').replace(')', r'\)').replace('.', r'\.'),
+  ):
     validation.validate_config(c, num_devices=1, num_processes=1)
 
 
 def test_table1_and_saliency_tools(great_runs, tmp_path, capsys):
   out = tmp_path / 'table'
-  assert great_table.main([
-      '--workdirs', f'{great_runs["both"]},{great_runs["greace"]}',
-      '--labels', 'GRE(AT+CE),GREACE', '--out', str(out)]) == 0
+  assert (
+      great_table.main(
+          [
+              '--workdirs',
+              f'{great_runs["both"]},{great_runs["greace"]}',
+              '--labels',
+              'GRE(AT+CE),GREACE',
+              '--out',
+              str(out),
+          ]
+      )
+      == 0
+  )
   text = (out / 'table1.md').read_text()
   header = text.splitlines()[0]
-  assert header.startswith('| model | train | clean | FGSM @0.1 | '
-                           'iFGSM worst @0.1 |'), header
+  assert header.startswith(
+      '| model | train | clean | FGSM @0.1 | ' 'iFGSM worst @0.1 |'
+  ), header
   assert '| GREACE |' in text and 'Sanity checks' in text
   png = tmp_path / 'sal.png'
-  assert saliency.main(['--workdirs', great_runs['both'], '--out', str(png),
-                        '--num_images', '2']) == 0
+  assert (
+      saliency.main(
+          [
+              '--workdirs',
+              great_runs['both'],
+              '--out',
+              str(png),
+              '--num_images',
+              '2',
+          ]
+      )
+      == 0
+  )
   assert png.stat().st_size > 1000
-  assert great_table.main(['--workdirs', str(tmp_path / 'nope'), '--out',
-                           str(out)]) == 2
+  assert (
+      great_table.main(
+          ['--workdirs', str(tmp_path / 'nope'), '--out', str(out)]
+      )
+      == 2
+  )

@@ -3,12 +3,13 @@
 Needs 8 host devices, which must be configured before jax is first imported, so the check runs
 in a fresh subprocess (pytest imports every test file into one process).
 """
+
 import os
 import pathlib
 import subprocess
 import sys
 
-CODE = r'''
+CODE = r"""
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 from jaxadv.models import get_model
@@ -32,14 +33,26 @@ _, local = jax.jit(train(model))(v, x[:2])
 assert not np.allclose(local['batch_stats']['bn1']['mean'], ref['batch_stats']['bn1']['mean'],
                        atol=1e-3)
 print('OK')
-'''
+"""
 
 
 def test_sync_bn_matches_unsharded_statistics():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(root),
-               XLA_FLAGS=(os.environ.get('XLA_FLAGS', '')
-                          + ' --xla_force_host_platform_device_count=8').strip())
-    proc = subprocess.run([sys.executable, '-c', CODE], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stdout + proc.stderr
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      PYTHONPATH=str(root),
+      XLA_FLAGS=(
+          os.environ.get('XLA_FLAGS', '')
+          + ' --xla_force_host_platform_device_count=8'
+      ).strip(),
+  )
+  proc = subprocess.run(
+      [sys.executable, '-c', CODE],
+      cwd=root,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode == 0 and 'OK' in proc.stdout, proc.stdout + proc.stderr

@@ -1,5 +1,6 @@
 """Two processes (hosts) on CPU, gloo collectives: per-host data slices, a
 stop signal seen by one host only, resume, equality with one host."""
+
 import json
 import os
 import socket
@@ -21,18 +22,23 @@ def _free_port():
 def _launch(args_per_process, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
-  procs = [subprocess.Popen([sys.executable,
-                             os.path.join(HERE, 'multihost_check.py')] + args,
-                            env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-           for args in args_per_process]
+  procs = [
+      subprocess.Popen(
+          [sys.executable, os.path.join(HERE, 'multihost_check.py')] + args,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for args in args_per_process
+  ]
   results = []
   try:
     for p in procs:
       out, err = p.communicate(timeout=timeout)
       assert p.returncode == 0, err[-4000:]
       line = [l for l in out.splitlines() if l.startswith('RESULT ')][-1]
-      results.append(json.loads(line[len('RESULT '):]))
+      results.append(json.loads(line[len('RESULT ') :]))
   finally:
     for p in procs:  # a hang must not outlive the test
       if p.poll() is None:
@@ -45,11 +51,13 @@ def runs(tiny_data_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost')
   multi = str(root / 'multi')
   port = _free_port()
-  first = _launch([[str(i), str(port), multi, tiny_data_dir, 'sigterm']
-                   for i in range(2)])
+  first = _launch(
+      [[str(i), str(port), multi, tiny_data_dir, 'sigterm'] for i in range(2)]
+  )
   port = _free_port()
-  second = _launch([[str(i), str(port), multi, tiny_data_dir]
-                    for i in range(2)])
+  second = _launch(
+      [[str(i), str(port), multi, tiny_data_dir] for i in range(2)]
+  )
   ref = _launch([['reference', '-', str(root / 'ref'), tiny_data_dir]])[0]
   return first, second, ref
 

@@ -1,5 +1,6 @@
 """Data parallelism on 8 forced CPU devices (run in a subprocess so the
 device count can be set before JAX starts)."""
+
 import json
 import os
 import subprocess
@@ -15,11 +16,20 @@ def result(tiny_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('multidevice'))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run(
-      [sys.executable, os.path.join(HERE, 'multidevice_check.py'), workdir,
-       tiny_data_dir], env=env, capture_output=True, text=True, timeout=900)
+      [
+          sys.executable,
+          os.path.join(HERE, 'multidevice_check.py'),
+          workdir,
+          tiny_data_dir,
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')][-1]
-  return json.loads(line[len('RESULT '):])
+  return json.loads(line[len('RESULT ') :])
 
 
 def test_eight_devices_present(result):

@@ -1,5 +1,6 @@
 """Workdir integrity helpers: a rerun never damages a run, every failure is
 one line naming the path."""
+
 import errno
 import json
 import os
@@ -29,8 +30,9 @@ def _is_root():
 
 
 def test_module_does_not_import_jax():
-  code = ('import sys; import jaxadv.rundir; '
-          'sys.exit(int("jax" in sys.modules))')
+  code = (
+      'import sys; import jaxadv.rundir; ' 'sys.exit(int("jax" in sys.modules))'
+  )
   assert subprocess.run([sys.executable, '-c', code], cwd=REPO).returncode == 0
 
 
@@ -75,6 +77,7 @@ def test_workdir_not_writable(tmp_path):
 def test_write_test_catches_what_os_access_misses(tmp_path, monkeypatch):
   def refuse(*args, **kwargs):
     raise OSError(errno.EROFS, 'Read-only file system')
+
   monkeypatch.setattr(rundir.tempfile, 'mkstemp', refuse)
   with pytest.raises(ConfigError) as e:
     rundir.check_workdir(str(tmp_path / 'run'), 'train')
@@ -126,15 +129,30 @@ def test_bad_mode_and_empty_path():
 
 
 def _config(**changes):
-  c = {'seed': 0, 'num_epochs': 2, 'batch_size': 128, 'progress': True,
-       'dtype': 'float32', 'log_every': 100,
-       'data': {'name': 'mnist', 'data_dir': '', 'num_train_examples': 0},
-       'model': {'name': 'cnn5', 'activation': 'relu', 'dual_bn': False,
-                 'kwargs': {}},
-       'method': {'name': 'pgd', 'eps': 0.3, 'steps': 7},
-       'optim': {'name': 'sgd', 'lr': 0.1, 'momentum': 0.9, 'grad_clip': 0.0,
-                 'boundaries': [0.5, 0.75]},
-       'eval': {'attacks': ['fgsm(eps=0.1)'], 'num_examples': 0}}
+  c = {
+      'seed': 0,
+      'num_epochs': 2,
+      'batch_size': 128,
+      'progress': True,
+      'dtype': 'float32',
+      'log_every': 100,
+      'data': {'name': 'mnist', 'data_dir': '', 'num_train_examples': 0},
+      'model': {
+          'name': 'cnn5',
+          'activation': 'relu',
+          'dual_bn': False,
+          'kwargs': {},
+      },
+      'method': {'name': 'pgd', 'eps': 0.3, 'steps': 7},
+      'optim': {
+          'name': 'sgd',
+          'lr': 0.1,
+          'momentum': 0.9,
+          'grad_clip': 0.0,
+          'boundaries': [0.5, 0.75],
+      },
+      'eval': {'attacks': ['fgsm(eps=0.1)'], 'num_examples': 0},
+  }
   for key, value in changes.items():
     node = c
     *parents, leaf = key.split('.')
@@ -145,76 +163,126 @@ def _config(**changes):
 
 
 def test_identical_configs_and_tuples_equal_lists():
-  new = _config(**{'optim.boundaries': (0.5, 0.75),
-                   'eval.attacks': ('fgsm(eps=0.1)',)})
+  new = _config(
+      **{'optim.boundaries': (0.5, 0.75), 'eval.attacks': ('fgsm(eps=0.1)',)}
+  )
   assert rundir.compare_configs(_config(), new) == ([], [])
   assert rundir.config_changes(_config(), new) == {}
 
 
-@pytest.mark.parametrize('key,value', [
-    ('model.name', 'mnist_cnn'), ('model.activation', 'gelu'),
-    ('model.dual_bn', True), ('model.kwargs.width', 4),
-    ('data.name', 'cifar10'), ('method.name', 'free'),
-    ('optim.name', 'adam'), ('optim.grad_clip', 1.0),
-    ('optim.momentum', 0.0),
-])
+@pytest.mark.parametrize(
+    'key,value',
+    [
+        ('model.name', 'mnist_cnn'),
+        ('model.activation', 'gelu'),
+        ('model.dual_bn', True),
+        ('model.kwargs.width', 4),
+        ('data.name', 'cifar10'),
+        ('method.name', 'free'),
+        ('optim.name', 'adam'),
+        ('optim.grad_clip', 1.0),
+        ('optim.momentum', 0.0),
+    ],
+)
 def test_fatal_changes(key, value):
   fatal, risky = rundir.compare_configs(_config(), _config(**{key: value}))
   assert fatal == [key] and risky == []
 
 
-@pytest.mark.parametrize('key,value', [
-    ('num_epochs', 4), ('batch_size', 64), ('optim.lr', 0.2),
-    ('optim.momentum', 0.5), ('seed', 1), ('dtype', 'bfloat16'),
-    ('data.num_train_examples', 100), ('method.eps', 0.1),
-])
+@pytest.mark.parametrize(
+    'key,value',
+    [
+        ('num_epochs', 4),
+        ('batch_size', 64),
+        ('optim.lr', 0.2),
+        ('optim.momentum', 0.5),
+        ('seed', 1),
+        ('dtype', 'bfloat16'),
+        ('data.num_train_examples', 100),
+        ('method.eps', 0.1),
+    ],
+)
 def test_risky_changes(key, value):
   fatal, risky = rundir.compare_configs(_config(), _config(**{key: value}))
   assert fatal == [] and risky == [key]
 
 
 def test_parameter_groups():
-  saved = _config(**{'optim.groups': {
-      'bn': {'pattern': 'BatchNorm', 'weight_decay': 0.0, 'lr_scale': 1.0}}})
-  for key, value, fatal in (('pattern', 'bias', True), ('frozen', True, True),
-                            ('lr_scale', 0.5, False),
-                            ('weight_decay', 1e-4, False)):
-    new = _config(**{'optim.groups': {'bn': {**saved['optim']['groups']['bn'],
-                                             key: value}}})
+  saved = _config(
+      **{
+          'optim.groups': {
+              'bn': {
+                  'pattern': 'BatchNorm',
+                  'weight_decay': 0.0,
+                  'lr_scale': 1.0,
+              }
+          }
+      }
+  )
+  for key, value, fatal in (
+      ('pattern', 'bias', True),
+      ('frozen', True, True),
+      ('lr_scale', 0.5, False),
+      ('weight_decay', 1e-4, False),
+  ):
+    new = _config(
+        **{
+            'optim.groups': {
+                'bn': {**saved['optim']['groups']['bn'], key: value}
+            }
+        }
+    )
     expected = [f'optim.groups.bn.{key}']
     assert rundir.compare_configs(saved, new) == (
-        (expected, []) if fatal else ([], expected))
+        (expected, []) if fatal else ([], expected)
+    )
   fatal, _ = rundir.compare_configs(saved, _config())  # group removed
   assert fatal == ['optim.groups.bn.pattern']
 
 
 def test_grad_clip_is_fatal_only_when_switched_on_or_off():
   clip1, clip2 = _config(**{'optim.grad_clip': 1.0}), _config(
-      **{'optim.grad_clip': 2.0})
+      **{'optim.grad_clip': 2.0}
+  )
   assert rundir.compare_configs(clip1, clip2) == ([], ['optim.grad_clip'])
   assert rundir.compare_configs(clip1, _config()) == (['optim.grad_clip'], [])
 
 
-@pytest.mark.parametrize('key,value', [
-    ('progress', False), ('log_every', 5), ('eval.num_examples', 100),
-    ('eval.attacks', ['pgd(eps=0.3)']), ('data.data_dir', '/elsewhere'),
-])
+@pytest.mark.parametrize(
+    'key,value',
+    [
+        ('progress', False),
+        ('log_every', 5),
+        ('eval.num_examples', 100),
+        ('eval.attacks', ['pgd(eps=0.3)']),
+        ('data.data_dir', '/elsewhere'),
+    ],
+)
 def test_ignored_changes(key, value):
-  assert rundir.compare_configs(_config(), _config(**{key: value})) == ([],
-                                                                        [])
+  assert rundir.compare_configs(_config(), _config(**{key: value})) == ([], [])
 
 
 def test_lists_are_sorted_and_extra_fatal_and_absent_keys():
-  new = _config(**{'seed': 3, 'num_epochs': 9, 'model.name': 'x',
-                   'data.name': 'y', 'method.replays': 4})
+  new = _config(
+      **{
+          'seed': 3,
+          'num_epochs': 9,
+          'model.name': 'x',
+          'data.name': 'y',
+          'method.replays': 4,
+      }
+  )
   fatal, risky = rundir.compare_configs(_config(), new)
   assert fatal == ['data.name', 'model.name']
   assert risky == ['method.replays', 'num_epochs', 'seed']
-  fatal, risky = rundir.compare_configs(_config(), new,
-                                        extra_fatal=('num_epochs',))
+  fatal, risky = rundir.compare_configs(
+      _config(), new, extra_fatal=('num_epochs',)
+  )
   assert fatal == ['data.name', 'model.name', 'num_epochs']
   assert rundir.config_changes(_config(), new)['method.replays'] == (
-      '(absent)', 4)
+      '(absent)',
+      4,
+  )
 
 
 def test_first_run_writes_config_json(tmp_path):
@@ -227,12 +295,16 @@ def test_fatal_change_leaves_the_run_byte_identical(tmp_path):
   rundir.record_config(str(tmp_path), _config())
   before = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
   with pytest.raises(ConfigError) as e:
-    rundir.record_config(str(tmp_path), _config(**{'model.name': 'mnist_cnn',
-                                                   'num_epochs': 5}),
-                         resumed_from_step=40)
+    rundir.record_config(
+        str(tmp_path),
+        _config(**{'model.name': 'mnist_cnn', 'num_epochs': 5}),
+        resumed_from_step=40,
+    )
   msg = _one_line(e)
-  assert msg.startswith('config.model.name (cnn5 -> mnist_cnn) differs from '
-                        f'the run in {tmp_path}')
+  assert msg.startswith(
+      'config.model.name (cnn5 -> mnist_cnn) differs from '
+      f'the run in {tmp_path}'
+  )
   assert 'cannot be restored' in msg and 'new --workdir' in msg
   assert 'num_epochs' not in msg
   after = {p: (tmp_path / p).read_bytes() for p in os.listdir(tmp_path)}
@@ -243,8 +315,8 @@ def test_resume_appends_history_and_returns_risky(tmp_path):
   rundir.record_config(str(tmp_path), _config())
   original = (tmp_path / 'config.json').read_bytes()
   risky = rundir.record_config(
-      str(tmp_path), _config(num_epochs=4, progress=False),
-      resumed_from_step=40)
+      str(tmp_path), _config(num_epochs=4, progress=False), resumed_from_step=40
+  )
   assert risky == {'num_epochs': (2, 4)}
   warning = rundir.risky_warning(str(tmp_path), risky)
   assert '\n' not in warning
@@ -265,8 +337,9 @@ def test_write_false_checks_only(tmp_path):
   rundir.record_config(str(tmp_path), _config(seed=2), write=False)
   assert sorted(os.listdir(tmp_path)) == ['config.json']
   with pytest.raises(ConfigError):
-    rundir.record_config(str(tmp_path), _config(**{'data.name': 'c'}),
-                         write=False)
+    rundir.record_config(
+        str(tmp_path), _config(**{'data.name': 'c'}), write=False
+    )
 
 
 def test_damaged_config_json_is_one_line(tmp_path):
@@ -305,7 +378,9 @@ def test_truncate_metrics_tolerates_a_cut_last_line(tmp_path):
   assert rundir.truncate_metrics(str(path), 20) == 1
   assert path.read_text().endswith('\n')
   assert [json.loads(l)['step'] for l in path.read_text().splitlines()] == [
-      10, 20]
+      10,
+      20,
+  ]
 
 
 def test_truncate_metrics_then_resume_never_duplicates(tmp_path):
@@ -332,17 +407,24 @@ def test_report_name_is_stable_and_distinct():
   a = rundir.report_name(['fgsm(eps=0.1)', 'pgd(eps=0.1)'], 100, 0)
   assert a == rundir.report_name(('fgsm(eps=0.1)', 'pgd(eps=0.1)'), 100, 0)
   assert a.startswith('eval-') and len(a) == len('eval-') + 8
-  others = {rundir.report_name(['pgd(eps=0.1)', 'fgsm(eps=0.1)'], 100, 0),
-            rundir.report_name(['fgsm(eps=0.1)', 'pgd(eps=0.1)'], 0, 0),
-            rundir.report_name(['fgsm(eps=0.1)', 'pgd(eps=0.1)'], 100, 1),
-            rundir.report_name(['fgsm(eps=0.1)', 'pgd(eps=0.1)'], 100, 0,
-                               dtype='bfloat16'),
-            rundir.report_name(['fgsm(eps=0.1),pgd(eps=0.1)'], 100, 0)}
+  others = {
+      rundir.report_name(['pgd(eps=0.1)', 'fgsm(eps=0.1)'], 100, 0),
+      rundir.report_name(['fgsm(eps=0.1)', 'pgd(eps=0.1)'], 0, 0),
+      rundir.report_name(['fgsm(eps=0.1)', 'pgd(eps=0.1)'], 100, 1),
+      rundir.report_name(
+          ['fgsm(eps=0.1)', 'pgd(eps=0.1)'], 100, 0, dtype='bfloat16'
+      ),
+      rundir.report_name(['fgsm(eps=0.1),pgd(eps=0.1)'], 100, 0),
+  }
   assert a not in others and len(others) == 5
   # The name may be pinned in earlier runs' files: it must never change.
-  assert rundir.report_name([], 0, 0) == 'eval-' + __import__(
-      'hashlib').sha1(b'{"attacks": [], "num_examples": 0, "seed": 0}'
-                      ).hexdigest()[:8]
+  assert (
+      rundir.report_name([], 0, 0)
+      == 'eval-'
+      + __import__('hashlib')
+      .sha1(b'{"attacks": [], "num_examples": 0, "seed": 0}')
+      .hexdigest()[:8]
+  )
 
 
 def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
@@ -354,12 +436,14 @@ def test_write_atomic_replaces_whole_and_leaves_no_temp(tmp_path):
 
 
 def test_write_atomic_full_disk_is_one_line_and_keeps_the_old_file(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   path = tmp_path / 'eval.json'
   rundir.write_atomic(str(path), 'old')
 
   def full(*args):
     raise OSError(errno.ENOSPC, 'No space left on device')
+
   monkeypatch.setattr(rundir.os, 'fsync', full)
   with pytest.raises(ConfigError) as e:
     rundir.write_atomic(str(path), 'new')
@@ -384,7 +468,8 @@ def test_disk_error_message():
   text = ValueError('INTERNAL: write failed: No space left on device [x]')
   assert 'ENOSPC' in rundir.disk_error_message(text, path)
   assert 'EROFS' in rundir.disk_error_message(
-      OSError(errno.EROFS, 'Read-only file system'), path)
+      OSError(errno.EROFS, 'Read-only file system'), path
+  )
   assert rundir.disk_error_message(OSError(errno.ENOENT, 'gone'), path) is None
   assert rundir.disk_error_message(ValueError('bad'), path) is None
 
@@ -401,29 +486,49 @@ def test_check_free_space(tmp_path):
 # List-valued --config overrides
 
 
-@pytest.mark.parametrize('text,items', [
-    ('fgsm(eps=0.1),pgd(eps=0.1)', ['fgsm(eps=0.1)', 'pgd(eps=0.1)']),
-    ('fgsm(eps=0.1), pgd(norm=l2, eps=1, steps=20)',
-     ['fgsm(eps=0.1)', 'pgd(norm=l2, eps=1, steps=20)']),
-    ('clean', ['clean']),
-    ('', []),
-    (' , ,', []),
-    ('a(x=[1, 2]),b{c, d},"e, f"', ['a(x=[1, 2])', 'b{c, d}', '"e, f"']),
-    ('pgd(eps=0.1, steps=10', ['pgd(eps=0.1, steps=10']),
-    ('a),b', ['a)', 'b']),
-])
+@pytest.mark.parametrize(
+    'text,items',
+    [
+        ('fgsm(eps=0.1),pgd(eps=0.1)', ['fgsm(eps=0.1)', 'pgd(eps=0.1)']),
+        (
+            'fgsm(eps=0.1), pgd(norm=l2, eps=1, steps=20)',
+            ['fgsm(eps=0.1)', 'pgd(norm=l2, eps=1, steps=20)'],
+        ),
+        ('clean', ['clean']),
+        ('', []),
+        (' , ,', []),
+        ('a(x=[1, 2]),b{c, d},"e, f"', ['a(x=[1, 2])', 'b{c, d}', '"e, f"']),
+        ('pgd(eps=0.1, steps=10', ['pgd(eps=0.1, steps=10']),
+        ('a),b', ['a)', 'b']),
+    ],
+)
 def test_split_top_level(text, items):
   assert rundir.split_top_level(text) == items
 
 
 def test_split_list_overrides():
   import ml_collections  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict({
-      'eval': {'attacks': ('fgsm(eps=0.1),pgd(eps=0.1)',), 'other': ('',)},
-      'optim': {'boundaries': (0.5, 0.75)}, 'name': 'a,b',
-      'ok': ('x', 'y')})
+
+  c = ml_collections.ConfigDict(
+      {
+          'eval': {'attacks': ('fgsm(eps=0.1),pgd(eps=0.1)',), 'other': ('',)},
+          'optim': {'boundaries': (0.5, 0.75)},
+          'name': 'a,b',
+          'ok': ('x', 'y'),
+      }
+  )
   out = rundir.split_list_overrides(
-      c, ['eval.attacks', 'eval.other', 'optim.boundaries', 'name', 'ok',
-          'missing.key'])
-  assert out == {'eval.attacks': ('fgsm(eps=0.1)', 'pgd(eps=0.1)'),
-                 'eval.other': ()}
+      c,
+      [
+          'eval.attacks',
+          'eval.other',
+          'optim.boundaries',
+          'name',
+          'ok',
+          'missing.key',
+      ],
+  )
+  assert out == {
+      'eval.attacks': ('fgsm(eps=0.1)', 'pgd(eps=0.1)'),
+      'eval.other': (),
+  }

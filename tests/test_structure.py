@@ -1,13 +1,15 @@
 """The shape of the package (issue 10): no import cycles in jaxadv/ (lazy
 imports inside functions count too) and no function longer than about 80
 lines."""
+
 import ast
 import os
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), 'jaxadv')
+ROOT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'jaxadv'
+)
 MAX_FUNCTION_LINES = 85
 
 
@@ -19,8 +21,9 @@ def _modules():
       if f.endswith('.py'):
         rel = os.path.relpath(os.path.join(folder, f), os.path.dirname(ROOT))
         name = rel[:-3].replace(os.sep, '.')
-        out[name[:-len('.__init__')] if name.endswith('__init__') else
-            name] = os.path.join(folder, f)
+        out[
+            name[: -len('.__init__')] if name.endswith('__init__') else name
+        ] = os.path.join(folder, f)
   return out
 
 
@@ -35,8 +38,11 @@ def import_graph():
     for node in ast.walk(tree):
       if isinstance(node, ast.Import):
         deps.update(a.name for a in node.names if a.name in mods)
-      elif isinstance(node, ast.ImportFrom) and node.module and (
-          node.module.startswith('jaxadv')):
+      elif (
+          isinstance(node, ast.ImportFrom)
+          and node.module
+          and (node.module.startswith('jaxadv'))
+      ):
         for a in node.names:
           sub = f'{node.module}.{a.name}'
           deps.add(sub if sub in mods else node.module)
@@ -53,7 +59,7 @@ def find_cycle(graph):
     stack.append(node)
     for dep in sorted(graph.get(node, ())):
       if state.get(dep) == 'open':
-        return stack[stack.index(dep):] + [dep]
+        return stack[stack.index(dep) :] + [dep]
       if dep not in state:
         cycle = visit(dep, stack)
         if cycle:
@@ -71,8 +77,12 @@ def find_cycle(graph):
 
 
 def test_the_cycle_finder_finds_cycles():
-  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c',
-                                                              'a']
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == [
+      'a',
+      'b',
+      'c',
+      'a',
+  ]
   assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': set()}) is None
 
 
@@ -94,8 +104,13 @@ def test_evaluation_does_not_import_the_trainer():
           todo.append(dep)
     return seen
 
-  for module in ('jaxadv.evaluate', 'jaxadv.runs', 'jaxadv.eval_run',
-                 'jaxadv.sweep', 'jaxadv.build'):
+  for module in (
+      'jaxadv.evaluate',
+      'jaxadv.runs',
+      'jaxadv.eval_run',
+      'jaxadv.sweep',
+      'jaxadv.build',
+  ):
     assert 'jaxadv.train' not in reach(module), module
     assert 'jaxadv.loop' not in reach(module), module
 

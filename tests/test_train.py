@@ -1,5 +1,6 @@
 """The trainer: loss goes down, resume is exact, bad input fails early,
 NaN stops without touching the last good checkpoint."""
+
 import json
 import os
 import signal
@@ -35,7 +36,9 @@ def test_steps_lower_the_loss_on_a_fixed_batch(tiny_data_dir, model):
   fn = steps.make_train_fn(s, mesh, 'none')
   images = np.repeat(ds.train_images[None, :64], 5, axis=0)
   labels = np.repeat(ds.train_labels[None, :64], 5, axis=0)
-  g = parallel.put_local_batch((images, labels), mesh, jax.sharding.PartitionSpec(None, 'data'))
+  g = parallel.put_local_batch(
+      (images, labels), mesh, jax.sharding.PartitionSpec(None, 'data')
+  )
   state, m1 = fn(s.state, g[0][:1], g[1][:1])
   state, m2 = fn(state, *g)
   first = float(m1['loss'][0] / m1['loss'][1])
@@ -44,12 +47,13 @@ def test_steps_lower_the_loss_on_a_fixed_batch(tiny_data_dir, model):
   assert later < first, (first, later)
 
 
-def test_interrupted_run_resumes_to_identical_parameters(tiny_data_dir,
-                                                          tmp_path,
-                                                          monkeypatch):
-  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
-                                         'num_epochs': 2,
-                                         'steps_per_call': 3})
+def test_interrupted_run_resumes_to_identical_parameters(
+    tiny_data_dir, tmp_path, monkeypatch
+):
+  config = tiny_config(
+      tiny_data_dir,
+      **{'model.name': 'cnn5', 'num_epochs': 2, 'steps_per_call': 3},
+  )
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   assert full['status'] == 'completed'
 
@@ -74,23 +78,35 @@ def test_interrupted_run_resumes_to_identical_parameters(tiny_data_dir,
   assert resumed['steps'] == full['steps']
 
   _, _, s = _setup(config)
-  a, _ = ckpt_lib.Checkpointer(str(tmp_path / 'full' / 'checkpoints')).restore(s.state)
-  b, _ = ckpt_lib.Checkpointer(str(tmp_path / 'resumed' / 'checkpoints')).restore(s.state)
-  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats, a.opt_state)),
-                  jax.tree_util.tree_leaves((b.params, b.batch_stats, b.opt_state))):
+  a, _ = ckpt_lib.Checkpointer(str(tmp_path / 'full' / 'checkpoints')).restore(
+      s.state
+  )
+  b, _ = ckpt_lib.Checkpointer(
+      str(tmp_path / 'resumed' / 'checkpoints')
+  ).restore(s.state)
+  for x, y in zip(
+      jax.tree_util.tree_leaves((a.params, a.batch_stats, a.opt_state)),
+      jax.tree_util.tree_leaves((b.params, b.batch_stats, b.opt_state)),
+  ):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.mark.parametrize('steps_per_call', [1, 3])
-def test_device_feed_equals_host_feed(tiny_data_dir, tmp_path,
-                                      steps_per_call):
+def test_device_feed_equals_host_feed(tiny_data_dir, tmp_path, steps_per_call):
   # The whole train split on the device, batches gathered there, must train
   # bit-identically to host-gathered batches (same order, same augmentation).
   states = {}
   for feed in ('host', 'device'):
-    config = tiny_config(tiny_data_dir, **{
-        'model.name': 'cnn5', 'num_epochs': 1, 'data.feed': feed,
-        'data.augment': 'crop_flip', 'steps_per_call': steps_per_call})
+    config = tiny_config(
+        tiny_data_dir,
+        **{
+            'model.name': 'cnn5',
+            'num_epochs': 1,
+            'data.feed': feed,
+            'data.augment': 'crop_flip',
+            'steps_per_call': steps_per_call,
+        },
+    )
     res = train.train_and_evaluate(config, str(tmp_path / feed))
     assert res['data_feed'] == feed
     _, _, s = _setup(config)
@@ -99,12 +115,15 @@ def test_device_feed_equals_host_feed(tiny_data_dir, tmp_path,
     ck.close()
   a, b = states['host'], states['device']
   assert int(a.step) == int(b.step) == 8
-  for x, y in zip(jax.tree_util.tree_leaves((a.params, a.batch_stats)),
-                  jax.tree_util.tree_leaves((b.params, b.batch_stats))):
+  for x, y in zip(
+      jax.tree_util.tree_leaves((a.params, a.batch_stats)),
+      jax.tree_util.tree_leaves((b.params, b.batch_stats)),
+  ):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 class _FakeDevice:
+
   def __init__(self, limit):
     self.limit = limit
 
@@ -123,8 +142,9 @@ def test_auto_feed_puts_small_train_splits_on_the_device(tiny_data_dir):
   assert data.feed_on_device('device', ds, _FakeDevice(1))
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
-                                                             tmp_path):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
+    tiny_data_dir, tmp_path
+):
   workdir = str(tmp_path / 'nan')
   config = tiny_config(tiny_data_dir, num_epochs=1)
   train.train_and_evaluate(config, workdir)
@@ -138,32 +158,46 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir,
   assert ckpt.latest_step() == good
   _, _, s = _setup(config)
   state, _ = ckpt.restore(s.state)
-  assert all(bool(jnp.all(jnp.isfinite(x)))
-             for x in jax.tree_util.tree_leaves(state.params))
+  assert all(
+      bool(jnp.all(jnp.isfinite(x)))
+      for x in jax.tree_util.tree_leaves(state.params)
+  )
 
 
-@pytest.mark.parametrize('overrides,needle', [
-    ({'batch_size': 100}, 'config.batch_size=100 is not divisible by the 8 devices'),
-    ({'eval_batch_size': 12}, 'config.eval_batch_size=12'),
-    ({'model.name': 'resnet9000'}, 'valid: '),
-    ({'method.name': 'magic'}, "unknown method 'magic'"),
-    ({'optim.lr': 0.0}, 'config.optim.lr=0.0 must be a positive number'),
-    ({'optim.schedule': 'zigzag'}, 'valid: constant'),
-    ({'dtype': 'float16'}, "config.dtype='float16'"),
-    ({'data.train_fraction': 1.5}, 'config.data.train_fraction'),
-    ({'steps_per_call': -1}, 'config.steps_per_call=-1'),
-    ({'data.feed': 'disk'}, "config.data.feed='disk'; valid: auto, device"),
-    ({'eval.dtype': 'float16'}, "config.eval.dtype='float16'"),
-    ({'model.kwargs.stem': 'tiny'}, 'config.model.kwargs: '),
-    ({'model.activation': 'tanhh'}, 'config.model.activation: '),
-    ({'eval.attacks': ('clean',), 'eval.batch_size': 500},
-     'config.eval.batch_size=500 is not divisible by the 8 devices'),
-    ({'monitor.attack': 'pgdd(eps=0.1)'}, 'config.monitor.attack: '),
-    ({'monitor.attack': 'fgsm(eps=0.1)', 'monitor.num_examples': 0},
-     'config.monitor.num_examples=0'),
-    ({'monitor.attack': 'fgsm(eps=0.1)', 'monitor.max_drop': -0.1},
-     'config.monitor.max_drop=-0.1'),
-])
+@pytest.mark.parametrize(
+    'overrides,needle',
+    [
+        (
+            {'batch_size': 100},
+            'config.batch_size=100 is not divisible by the 8 devices',
+        ),
+        ({'eval_batch_size': 12}, 'config.eval_batch_size=12'),
+        ({'model.name': 'resnet9000'}, 'valid: '),
+        ({'method.name': 'magic'}, "unknown method 'magic'"),
+        ({'optim.lr': 0.0}, 'config.optim.lr=0.0 must be a positive number'),
+        ({'optim.schedule': 'zigzag'}, 'valid: constant'),
+        ({'dtype': 'float16'}, "config.dtype='float16'"),
+        ({'data.train_fraction': 1.5}, 'config.data.train_fraction'),
+        ({'steps_per_call': -1}, 'config.steps_per_call=-1'),
+        ({'data.feed': 'disk'}, "config.data.feed='disk'; valid: auto, device"),
+        ({'eval.dtype': 'float16'}, "config.eval.dtype='float16'"),
+        ({'model.kwargs.stem': 'tiny'}, 'config.model.kwargs: '),
+        ({'model.activation': 'tanhh'}, 'config.model.activation: '),
+        (
+            {'eval.attacks': ('clean',), 'eval.batch_size': 500},
+            'config.eval.batch_size=500 is not divisible by the 8 devices',
+        ),
+        ({'monitor.attack': 'pgdd(eps=0.1)'}, 'config.monitor.attack: '),
+        (
+            {'monitor.attack': 'fgsm(eps=0.1)', 'monitor.num_examples': 0},
+            'config.monitor.num_examples=0',
+        ),
+        (
+            {'monitor.attack': 'fgsm(eps=0.1)', 'monitor.max_drop': -0.1},
+            'config.monitor.max_drop=-0.1',
+        ),
+    ],
+)
 def test_config_validation_names_the_key(tiny_data_dir, overrides, needle):
   config = tiny_config(tiny_data_dir, **overrides)
   with pytest.raises(validation.ConfigError) as e:
@@ -174,25 +208,37 @@ def test_config_validation_names_the_key(tiny_data_dir, overrides, needle):
 
 def test_default_configs_validate():
   from configs import cifar10_standard, mnist_standard  # pylint: disable=g-import-not-at-top
+
   for mod in (mnist_standard, cifar10_standard):
-    validation.validate_config(mod.get_config(), num_devices=8,
-                               num_processes=1)
+    validation.validate_config(mod.get_config(), num_devices=8, num_processes=1)
 
 
 def _main(args, cwd):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, os.path.join(REPO, 'main.py')] + args,
-                        cwd=cwd, env=env, capture_output=True, text=True,
-                        timeout=600)
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, 'main.py')] + args,
+      cwd=cwd,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def test_main_end_to_end(tiny_data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
-  flags = ['--config', os.path.join(REPO, 'configs', 'mnist_standard.py'),
-           '--workdir', workdir, f'--config.data.data_dir={tiny_data_dir}',
-           f'--config.data.cache_dir={tmp_path}/cache',
-           '--config.num_epochs=2', '--config.batch_size=64',
-           '--config.eval_batch_size=80', '--config.progress=False']
+  flags = [
+      '--config',
+      os.path.join(REPO, 'configs', 'mnist_standard.py'),
+      '--workdir',
+      workdir,
+      f'--config.data.data_dir={tiny_data_dir}',
+      f'--config.data.cache_dir={tmp_path}/cache',
+      '--config.num_epochs=2',
+      '--config.batch_size=64',
+      '--config.eval_batch_size=80',
+      '--config.progress=False',
+  ]
   out = _main(flags, REPO)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'clean test accuracy' in out.stdout
@@ -209,21 +255,36 @@ def test_main_end_to_end(tiny_data_dir, tmp_path):
 
   out = _main(flags + ['--config.optim.lr=-1'], REPO)
   assert out.returncode == 2
-  assert out.stderr.strip().splitlines()[-1].startswith('error: config.optim.lr')
+  assert (
+      out.stderr.strip().splitlines()[-1].startswith('error: config.optim.lr')
+  )
 
 
-@pytest.mark.parametrize('extra,needle', [
-    (['--config.method.epz=0.1'],
-     "--config.method.epz: config.method has no key 'epz'; valid: "),
-    (['--config', os.path.join(REPO, 'configs', 'mnist_standard.py'),
-      '--config.optimm.lr=1'], "config has no key 'optimm'; valid: batch_size"),
-    (['--config.num_epochs=two'], 'flag --config.num_epochs=two: '),
-])
+@pytest.mark.parametrize(
+    'extra,needle',
+    [
+        (
+            ['--config.method.epz=0.1'],
+            "--config.method.epz: config.method has no key 'epz'; valid: ",
+        ),
+        (
+            [
+                '--config',
+                os.path.join(REPO, 'configs', 'mnist_standard.py'),
+                '--config.optimm.lr=1',
+            ],
+            "config has no key 'optimm'; valid: batch_size",
+        ),
+        (['--config.num_epochs=two'], 'flag --config.num_epochs=two: '),
+    ],
+)
 def test_bad_override_is_one_line_error(tmp_path, extra, needle):
   out = _main(['--workdir', str(tmp_path / 'w')] + extra, REPO)
   assert out.returncode == 2
   err = out.stderr.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('error: ') and needle in err[0], out.stderr
+  assert (
+      len(err) == 1 and err[0].startswith('error: ') and needle in err[0]
+  ), out.stderr
 
 
 def test_model_normalize_switch(tiny_data_dir):
@@ -251,8 +312,9 @@ def test_steps_per_call_auto(tiny_data_dir):
 def test_evaluation_runs_in_eval_dtype(tiny_data_dir):
   # A bf16-trained model is evaluated on its float32 weights in float32 by
   # default (eval.dtype); '' keeps the training dtype.
-  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
-                                         'dtype': 'bfloat16'})
+  config = tiny_config(
+      tiny_data_dir, **{'model.name': 'cnn5', 'dtype': 'bfloat16'}
+  )
   assert config.eval.dtype == 'float32'
   ds = build.load_data(config)
   state = build.setup(config, ds, parallel.make_mesh()).state
@@ -262,7 +324,7 @@ def test_evaluation_runs_in_eval_dtype(tiny_data_dir):
   want = np.asarray(f32.apply(state.variables(), x, train=False))
   evaluated = build.for_eval(config, ds, state)
   np.testing.assert_allclose(logits(evaluated), want, rtol=1e-6, atol=1e-6)
-  assert np.abs(logits(state) - want).max() > 1e-4      # bf16 differs
+  assert np.abs(logits(state) - want).max() > 1e-4  # bf16 differs
   assert build.eval_dtype(config) == 'float32'
   config.eval.dtype = ''
   assert build.for_eval(config, ds, state) is state
@@ -271,10 +333,18 @@ def test_evaluation_runs_in_eval_dtype(tiny_data_dir):
 
 def _monitored(tiny_data_dir, **overrides):
   """wong_mnist, 2 steps per epoch, FGSM monitor on 64 training images."""
-  return tiny_config(tiny_data_dir, **{
-      'model.name': 'wong_mnist', 'data.num_train_examples': 128,
-      'num_epochs': 5, 'monitor.attack': 'fgsm(eps=0.1)',
-      'monitor.num_examples': 64, 'monitor.max_drop': 0.2, **overrides})
+  return tiny_config(
+      tiny_data_dir,
+      **{
+          'model.name': 'wong_mnist',
+          'data.num_train_examples': 128,
+          'num_epochs': 5,
+          'monitor.attack': 'fgsm(eps=0.1)',
+          'monitor.num_examples': 64,
+          'monitor.max_drop': 0.2,
+          **overrides,
+      },
+  )
 
 
 def _script_monitor(monkeypatch, accuracies, on_call=None):
@@ -287,6 +357,7 @@ def _script_monitor(monkeypatch, accuracies, on_call=None):
     if on_call:
       on_call(len(seen))
     return accuracies[len(seen) - 1]
+
   monkeypatch.setattr(monitor_lib.OverfitMonitor, 'robust_accuracy', scripted)
   return seen
 
@@ -299,8 +370,9 @@ def _params(workdir, config, sub='checkpoints'):
   return state, meta
 
 
-def test_monitor_early_stops_and_keeps_the_best_state(tiny_data_dir, tmp_path,
-                                                      monkeypatch):
+def test_monitor_early_stops_and_keeps_the_best_state(
+    tiny_data_dir, tmp_path, monkeypatch
+):
   workdir = str(tmp_path / 'mon')
   config = _monitored(tiny_data_dir)
   seen = _script_monitor(monkeypatch, [0.5, 0.6, 0.3, 0.9, 0.9])
@@ -310,15 +382,19 @@ def test_monitor_early_stops_and_keeps_the_best_state(tiny_data_dir, tmp_path,
   assert len(seen) == 3 and res['steps'] == 6
   final, meta = _params(workdir, config)
   assert meta['early_stopped'] is True and int(final.step) == 6
-  for a, b in zip(jax.tree_util.tree_leaves(final.params),
-                  jax.tree_util.tree_leaves(seen[1])):
+  for a, b in zip(
+      jax.tree_util.tree_leaves(final.params),
+      jax.tree_util.tree_leaves(seen[1]),
+  ):
     np.testing.assert_array_equal(np.asarray(a), b)
   best, best_meta = _params(workdir, config, 'best')
   assert best_meta['robust_accuracy'] == 0.6 and int(best.step) == 4
   # One metrics record per epoch (not one per evaluation).
-  epochs = [json.loads(l)['epoch'] for l in
-            open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
-            if 'monitor_accuracy' in l or 'test_accuracy' in l]
+  epochs = [
+      json.loads(l)['epoch']
+      for l in open(os.path.join(workdir, 'metrics.jsonl')).read().splitlines()
+      if 'monitor_accuracy' in l or 'test_accuracy' in l
+  ]
   assert epochs == [1.0, 2.0, 3.0]
   # Rerunning finds the early stop and trains no further.
   again = train.train_and_evaluate(config, workdir)
@@ -327,15 +403,16 @@ def test_monitor_early_stops_and_keeps_the_best_state(tiny_data_dir, tmp_path,
   assert again['epochs_done'] == 3.0  # not the 5 planned
 
 
-def test_interrupt_during_the_monitor_keeps_its_early_stop(tiny_data_dir,
-                                                           tmp_path,
-                                                           monkeypatch):
+def test_interrupt_during_the_monitor_keeps_its_early_stop(
+    tiny_data_dir, tmp_path, monkeypatch
+):
   workdir = str(tmp_path / 'mon')
   config = _monitored(tiny_data_dir)
 
   def sigterm_at_epoch_3(n):
     if n == 3:
       os.kill(os.getpid(), signal.SIGTERM)
+
   _script_monitor(monkeypatch, [0.5, 0.6, 0.3], sigterm_at_epoch_3)
   res = train.train_and_evaluate(config, workdir)
   assert res['status'].startswith('interrupted'), res['status']
@@ -349,27 +426,36 @@ def test_interrupt_during_the_monitor_keeps_its_early_stop(tiny_data_dir,
 def test_monitor_never_keeps_a_nonfinite_state(tiny_data_dir, tmp_path):
   workdir = str(tmp_path / 'nan')
   # Without the metrics check the state reaches the epoch's end as NaN.
-  config = _monitored(tiny_data_dir, **{'optim.lr': 1e30,
-                                        'halt_on_nonfinite': False})
-  with pytest.raises(train.NonFiniteError, match='NaN/Inf by step 2; not '
-                     'saved. No checkpoint had been saved yet'):
+  config = _monitored(
+      tiny_data_dir, **{'optim.lr': 1e30, 'halt_on_nonfinite': False}
+  )
+  with pytest.raises(
+      train.NonFiniteError,
+      match='NaN/Inf by step 2; not ' 'saved. No checkpoint had been saved yet',
+  ):
     train.train_and_evaluate(config, workdir)
   best = ckpt_lib.Checkpointer(os.path.join(workdir, 'best'))
   assert best.latest_step() is None
   best.close()
   # Called directly, the monitor refuses the state too.
   ds, mesh, s = _setup(config)
-  monitor = monitor_lib.OverfitMonitor(config, ds, mesh, s.specs,
-                                       str(tmp_path / 'direct'))
-  nan_state = s.state.with_net('main', s.state.main.replace(
-      params=jax.tree_util.tree_map(lambda p: p * jnp.nan, s.state.params)))
+  monitor = monitor_lib.OverfitMonitor(
+      config, ds, mesh, s.specs, str(tmp_path / 'direct')
+  )
+  nan_state = s.state.with_net(
+      'main',
+      s.state.main.replace(
+          params=jax.tree_util.tree_map(lambda p: p * jnp.nan, s.state.params)
+      ),
+  )
   with pytest.raises(train.NonFiniteError, match='monitor did not keep'):
     monitor.update(nan_state, 1)
   assert monitor.ckpt.latest_step() is None
 
 
-def test_monitor_resaves_a_step_it_already_holds(tiny_data_dir, tmp_path,
-                                                 monkeypatch):
+def test_monitor_resaves_a_step_it_already_holds(
+    tiny_data_dir, tmp_path, monkeypatch
+):
   # A run killed without saving redoes an epoch whose state is in best/.
   config = _monitored(tiny_data_dir)
   ds, mesh, s = _setup(config)
@@ -388,6 +474,7 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, capsys):
 
   def interrupted(config, workdir):
     raise KeyboardInterrupt
+
   monkeypatch.setattr(train, 'train_and_evaluate', interrupted)
   assert cli.run(None, '/nonexistent', 'train') == cli.EXIT_INTERRUPTED == 130
   err = capsys.readouterr().err.strip().splitlines()
@@ -397,15 +484,22 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, capsys):
 def test_checkpoint_round_trips_the_whole_state(tiny_data_dir, tmp_path):
   # Params, statistics, optimizer moments, step, rng and Free's perturbation
   # all come back (not the template's values).
-  config = tiny_config(tiny_data_dir, **{'model.name': 'cnn5',
-                                         'method.name': 'free',
-                                         'method.eps': 0.1,
-                                         'method.replays': 2})
+  config = tiny_config(
+      tiny_data_dir,
+      **{
+          'model.name': 'cnn5',
+          'method.name': 'free',
+          'method.eps': 0.1,
+          'method.replays': 2,
+      },
+  )
   ds, mesh, s = _setup(config)
   fn = steps.make_train_fn(s, mesh, 'none')
   g = parallel.put_local_batch(
-      (ds.train_images[None, :64], ds.train_labels[None, :64]), mesh,
-      jax.sharding.PartitionSpec(None, 'data'))
+      (ds.train_images[None, :64], ds.train_labels[None, :64]),
+      mesh,
+      jax.sharding.PartitionSpec(None, 'data'),
+  )
   state, _ = fn(s.state, *g)
   ck = ckpt_lib.Checkpointer(str(tmp_path / 'ck'))
   ck.save(int(state.step), state, {'note': 'x'})
@@ -414,12 +508,19 @@ def test_checkpoint_round_trips_the_whole_state(tiny_data_dir, tmp_path):
   restored, meta = ck.restore(template)
   ck.close()
   assert meta == {'note': 'x'} and int(restored.step) == 2
-  fields = lambda st: (st.params, st.batch_stats, st.opt_state, st.rng,
-                       st.method_state)
+  fields = lambda st: (
+      st.params,
+      st.batch_stats,
+      st.opt_state,
+      st.rng,
+      st.method_state,
+  )
   moved = 0
-  for a, b, t in zip(jax.tree_util.tree_leaves(fields(restored)),
-                     jax.tree_util.tree_leaves(fields(state)),
-                     jax.tree_util.tree_leaves(fields(template))):
+  for a, b, t in zip(
+      jax.tree_util.tree_leaves(fields(restored)),
+      jax.tree_util.tree_leaves(fields(state)),
+      jax.tree_util.tree_leaves(fields(template)),
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     moved += not np.array_equal(np.asarray(b), np.asarray(t))
   assert moved > 10  # the step changed most leaves: the test can fail

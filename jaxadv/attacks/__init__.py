@@ -31,6 +31,7 @@ perturbations; `fab_minimal` returns them unbounded) and the AutoAttack ensemble
 `parse_attack` / `make_attack` turn evaluation specs such as
 `pgd(norm=linf, eps=8/255, steps=50, restarts=10)` into attack functions; see `parse_attack`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,12 +52,41 @@ Attack = Callable[..., jax.Array]
 from jaxadv.attacks.apgd import apgd, apgd_ce, apgd_checkpoints, apgd_dlr, apgd_t
 from jaxadv.attacks.autoattack import autoattack_batch
 from jaxadv.attacks.fab import fab, fab_minimal, fab_t, fab_t_minimal
-from jaxadv.attacks.losses import (LOSSES, cross_entropy, cw_margin, cw_margin_targeted, dlr,
-                                   dlr_targeted, random_target, worst_target)
-from jaxadv.attacks.pgd import (RESTART_BATCHING, bim, clean, cw, fgsm, fgsm_rs, ifgsm, pgd,
-                                restart_keys)
-from jaxadv.attacks.projections import (NORMS, LogitsFn, project_l2, project_linf,
-                                        random_init_l2, random_init_linf)
-from jaxadv.attacks.specs import (ATTACKS, TARGETS, Attack, AttackSpec, make_attack,
-                                  parse_attack)
+from jaxadv.attacks.losses import (
+    LOSSES,
+    cross_entropy,
+    cw_margin,
+    cw_margin_targeted,
+    dlr,
+    dlr_targeted,
+    random_target,
+    worst_target,
+)
+from jaxadv.attacks.pgd import (
+    RESTART_BATCHING,
+    bim,
+    clean,
+    cw,
+    fgsm,
+    fgsm_rs,
+    ifgsm,
+    pgd,
+    restart_keys,
+)
+from jaxadv.attacks.projections import (
+    NORMS,
+    LogitsFn,
+    project_l2,
+    project_linf,
+    random_init_l2,
+    random_init_linf,
+)
+from jaxadv.attacks.specs import (
+    ATTACKS,
+    TARGETS,
+    Attack,
+    AttackSpec,
+    make_attack,
+    parse_attack,
+)
 from jaxadv.attacks.square import square, square_fraction, square_sizes

@@ -1,5 +1,6 @@
 """APGD and APGD-T (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
 ensemble of diverse parameter-free attacks", Algorithm 1)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -15,7 +16,6 @@ import numpy as np
 from jaxadv.attacks.losses import as_float, dlr_targeted, objective_fn, success_fn
 from jaxadv.attacks.pgd import best_of_restarts, check_steps, keep_better
 from jaxadv.attacks.projections import LogitsFn, bcast, loss_and_grad, norm_ops
-
 
 
 def apgd_step_size(eps):
@@ -34,7 +34,11 @@ def apgd_checkpoints(steps: int) -> tuple[int, ...]:
   p = [F(0), F(22, 100)]
   while p[-1] <= 1:
     p.append(p[-1] + max(p[-1] - p[-2] - F(3, 100), F(6, 100)))
-  return tuple(sorted({math.ceil(pj * steps) for pj in p if math.ceil(pj * steps) <= steps}))
+  return tuple(
+      sorted(
+          {math.ceil(pj * steps) for pj in p if math.ceil(pj * steps) <= steps}
+      )
+  )
 
 
 def _apgd_schedule(steps: int):
@@ -47,7 +51,9 @@ def _apgd_schedule(steps: int):
   return jnp.asarray(is_ckpt), jnp.asarray(window)
 
 
-def _apgd_run(logits_fn, rng, x, objective, success, *, eps, steps, norm, rho, alpha):
+def _apgd_run(
+    logits_fn, rng, x, objective, success, *, eps, steps, norm, rho, alpha
+):
   """One APGD restart. Returns, per example, the highest-loss successful iterate if any
   iterate succeeded, else the highest-loss iterate; (b, ...)."""
   direction, project, init = norm_ops(norm)
@@ -58,18 +64,30 @@ def _apgd_run(logits_fn, rng, x, objective, success, *, eps, steps, norm, rho, a
   f0, logits0, g0 = loss_and_grad(logits_fn, objective, x0)
   ok0 = success(logits0)
   s0 = dict(
-      x=x0, x_prev=x0, g=g0, f=f0,                       # current iterate x_k and x_{k-1}
-      x_max=x0, g_max=g0, f_max=f0,                      # highest loss so far (restart point)
-      x_adv=x0, f_adv=jnp.where(ok0, f0, -jnp.inf), found=ok0,  # best successful iterate
-      eta=jnp.full((b,), apgd_step_size(eps), x.dtype),  # per-example step size, 2 * eps
-      n_up=jnp.zeros((b,), jnp.int32),                   # loss increases since last checkpoint
-      f_max_ckpt=f0, halved_ckpt=jnp.zeros((b,), bool),  # state at the last checkpoint
+      x=x0,
+      x_prev=x0,
+      g=g0,
+      f=f0,  # current iterate x_k and x_{k-1}
+      x_max=x0,
+      g_max=g0,
+      f_max=f0,  # highest loss so far (restart point)
+      x_adv=x0,
+      f_adv=jnp.where(ok0, f0, -jnp.inf),
+      found=ok0,  # best successful iterate
+      eta=jnp.full(
+          (b,), apgd_step_size(eps), x.dtype
+      ),  # per-example step size, 2 * eps
+      n_up=jnp.zeros((b,), jnp.int32),  # loss increases since last checkpoint
+      f_max_ckpt=f0,
+      halved_ckpt=jnp.zeros((b,), bool),  # state at the last checkpoint
   )
 
   def body(k, s):  # computes iterate k + 1 from x_k
     z = project(s['x'] + bcast(s['eta'], x) * direction(s['g']), x, eps)
     a = jnp.where(k == 0, 1.0, alpha)  # the first step has no momentum
-    x_new = project(s['x'] + a * (z - s['x']) + (1 - a) * (s['x'] - s['x_prev']), x, eps)
+    x_new = project(
+        s['x'] + a * (z - s['x']) + (1 - a) * (s['x'] - s['x_prev']), x, eps
+    )
     f, logits, g = loss_and_grad(logits_fn, objective, x_new)
     ok = success(logits)
 
@@ -90,11 +108,16 @@ def _apgd_run(logits_fn, rng, x, objective, success, *, eps, steps, norm, rho, a
     cond2 = ~s['halved_ckpt'] & (f_max <= s['f_max_ckpt'])
     halve = at_ckpt & (cond1 | cond2)
     return dict(
-        x=sel(halve, x_max, x_new), x_prev=s['x'], g=sel(halve, g_max, g),
+        x=sel(halve, x_max, x_new),
+        x_prev=s['x'],
+        g=sel(halve, g_max, g),
         f=jnp.where(halve, f_max, f),
-        x_max=x_max, g_max=g_max, f_max=f_max,
+        x_max=x_max,
+        g_max=g_max,
+        f_max=f_max,
         x_adv=sel(better_adv, x_new, s['x_adv']),
-        f_adv=jnp.where(better_adv, f, s['f_adv']), found=s['found'] | ok,
+        f_adv=jnp.where(better_adv, f, s['f_adv']),
+        found=s['found'] | ok,
         eta=jnp.where(halve, s['eta'] / 2, s['eta']),
         n_up=jnp.where(at_ckpt, 0, n_up),
         f_max_ckpt=jnp.where(at_ckpt, f_max, s['f_max_ckpt']),
@@ -112,10 +135,22 @@ def _check_apgd(rho, alpha):
     raise ValueError(f'alpha (momentum) must be in (0, 1], got {alpha}')
 
 
-def apgd(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-         norm: str = 'linf', steps: int = 100, loss: str = 'ce', restarts: int = 1,
-         rho: float = 0.75, alpha: float = 0.75, target: jax.Array | None = None,
-         restart_batching: str = 'loop') -> jax.Array:
+def apgd(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    steps: int = 100,
+    loss: str = 'ce',
+    restarts: int = 1,
+    rho: float = 0.75,
+    alpha: float = 0.75,
+    target: jax.Array | None = None,
+    restart_batching: str = 'loop',
+) -> jax.Array:
   """Auto-PGD (Croce & Hein 2020, Algorithm 1), per example.
 
   Random start in the eps ball; step size 2 * eps, halved at the checkpoints
@@ -141,37 +176,105 @@ def apgd(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps
   check_steps(steps)
   _check_apgd(rho, alpha)
   objective, success = objective_fn(loss, y, target), success_fn(y, target)
-  run = lambda key: _apgd_run(logits_fn, key, x, objective, success, eps=eps, steps=steps,
-                              norm=norm, rho=rho, alpha=alpha)
-  x_adv, _, _ = best_of_restarts(run, logits_fn, objective, success, rng, x, restarts,
-                                  restart_batching)
+  run = lambda key: _apgd_run(
+      logits_fn,
+      key,
+      x,
+      objective,
+      success,
+      eps=eps,
+      steps=steps,
+      norm=norm,
+      rho=rho,
+      alpha=alpha,
+  )
+  x_adv, _, _ = best_of_restarts(
+      run, logits_fn, objective, success, rng, x, restarts, restart_batching
+  )
   return lax.stop_gradient(x_adv)
 
 
-def apgd_ce(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-            norm: str = 'linf', steps: int = 100, restarts: int = 1, rho: float = 0.75,
-            alpha: float = 0.75, target: jax.Array | None = None,
-            restart_batching: str = 'loop') -> jax.Array:
+def apgd_ce(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    steps: int = 100,
+    restarts: int = 1,
+    rho: float = 0.75,
+    alpha: float = 0.75,
+    target: jax.Array | None = None,
+    restart_batching: str = 'loop',
+) -> jax.Array:
   """APGD on the cross-entropy loss."""
-  return apgd(logits_fn, rng, x, y, eps=eps, norm=norm, steps=steps, loss='ce',
-              restarts=restarts, rho=rho, alpha=alpha, target=target,
-              restart_batching=restart_batching)
+  return apgd(
+      logits_fn,
+      rng,
+      x,
+      y,
+      eps=eps,
+      norm=norm,
+      steps=steps,
+      loss='ce',
+      restarts=restarts,
+      rho=rho,
+      alpha=alpha,
+      target=target,
+      restart_batching=restart_batching,
+  )
 
 
-def apgd_dlr(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-             norm: str = 'linf', steps: int = 100, restarts: int = 1, rho: float = 0.75,
-             alpha: float = 0.75, target: jax.Array | None = None,
-             restart_batching: str = 'loop') -> jax.Array:
+def apgd_dlr(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    steps: int = 100,
+    restarts: int = 1,
+    rho: float = 0.75,
+    alpha: float = 0.75,
+    target: jax.Array | None = None,
+    restart_batching: str = 'loop',
+) -> jax.Array:
   """APGD on the DLR loss (targeted DLR when `target` is given)."""
-  return apgd(logits_fn, rng, x, y, eps=eps, norm=norm, steps=steps, loss='dlr',
-              restarts=restarts, rho=rho, alpha=alpha, target=target,
-              restart_batching=restart_batching)
+  return apgd(
+      logits_fn,
+      rng,
+      x,
+      y,
+      eps=eps,
+      norm=norm,
+      steps=steps,
+      loss='dlr',
+      restarts=restarts,
+      rho=rho,
+      alpha=alpha,
+      target=target,
+      restart_batching=restart_batching,
+  )
 
 
-def apgd_t(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-           norm: str = 'linf', steps: int = 100, restarts: int = 1,
-           num_target_classes: int = 9, rho: float = 0.75, alpha: float = 0.75,
-           restart_batching: str = 'loop') -> jax.Array:
+def apgd_t(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    steps: int = 100,
+    restarts: int = 1,
+    num_target_classes: int = 9,
+    rho: float = 0.75,
+    alpha: float = 0.75,
+    restart_batching: str = 'loop',
+) -> jax.Array:
   """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss, once per target class.
 
   An untargeted attack: the targets are the num_target_classes (at most C - 1; needs C >= 4)
@@ -191,20 +294,42 @@ def apgd_t(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, e
     raise ValueError(f'apgd_t needs at least 4 classes, got {num_classes}')
   n_targets = min(num_target_classes, num_classes - 1)
   mask = jax.nn.one_hot(y, num_classes, dtype=bool)
-  targets = lax.top_k(jnp.where(mask, -jnp.inf, clean_logits), n_targets)[1]  # (b, T)
+  targets = lax.top_k(jnp.where(mask, -jnp.inf, clean_logits), n_targets)[
+      1
+  ]  # (b, T)
   untargeted = success_fn(y, None)
 
   def one_target(best, i):
     target = targets[:, i].astype(y.dtype)
     objective = lambda z: dlr_targeted(z, y, target)
-    run = lambda key: _apgd_run(logits_fn, key, x, objective, untargeted, eps=eps,
-                                steps=steps, norm=norm, rho=rho, alpha=alpha)
-    new = best_of_restarts(run, logits_fn, objective, untargeted,
-                            jax.random.fold_in(rng, i), x, restarts, restart_batching)
+    run = lambda key: _apgd_run(
+        logits_fn,
+        key,
+        x,
+        objective,
+        untargeted,
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        rho=rho,
+        alpha=alpha,
+    )
+    new = best_of_restarts(
+        run,
+        logits_fn,
+        objective,
+        untargeted,
+        jax.random.fold_in(rng, i),
+        x,
+        restarts,
+        restart_batching,
+    )
     return keep_better(best, new), None
 
-  init = (x, jnp.full(x.shape[:1], -jnp.inf, clean_logits.dtype), jnp.zeros(x.shape[:1], bool))
+  init = (
+      x,
+      jnp.full(x.shape[:1], -jnp.inf, clean_logits.dtype),
+      jnp.zeros(x.shape[:1], bool),
+  )
   (x_adv, _, _), _ = lax.scan(one_target, init, jnp.arange(n_targets))
   return lax.stop_gradient(x_adv)
-
-

@@ -11,6 +11,7 @@ steps, 1 restart), APGD-T (100 steps, 9 targets, 1 restart), FAB-T (100 steps, 9
 restart) and Square (5,000 queries, p_init 0.8, 1 restart, schedule not rescaled); 'plus' is
 APGD-CE and APGD-DLR (5 restarts each), untargeted FAB (5 restarts), Square, APGD-T and FAB-T.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -24,38 +25,62 @@ from jaxadv.attacks.fab import fab, fab_t
 from jaxadv.attacks.projections import NORMS, LogitsFn, bcast
 from jaxadv.attacks.square import square
 
-_ATTACKS = {'apgd_ce': apgd_ce, 'apgd_dlr': apgd_dlr, 'apgd_t': apgd_t, 'fab': fab,
-            'fab_t': fab_t, 'square': square}
+_ATTACKS = {
+    'apgd_ce': apgd_ce,
+    'apgd_dlr': apgd_dlr,
+    'apgd_t': apgd_t,
+    'fab': fab,
+    'fab_t': fab_t,
+    'square': square,
+}
 
 VERSIONS = ('standard', 'plus')
 
 
 class Component(NamedTuple):
   """One attack of the ensemble: its display name (the reference's, e.g. 'apgd-t') and spec."""
+
   name: str
   spec: Any  # specs.AttackSpec (built by specs.autoattack_components)
 
 
 def settings(version: str) -> list[tuple[str, str, dict[str, Any]]]:
-  square = ('square', 'square', dict(queries=5000, p_init=0.8, restarts=1,
-                                     rescale_schedule=False))
+  square = (
+      'square',
+      'square',
+      dict(queries=5000, p_init=0.8, restarts=1, rescale_schedule=False),
+  )
   if version == 'standard':
-    return [('apgd-ce', 'apgd_ce', dict(steps=100, restarts=1)),
-            ('apgd-t', 'apgd_t', dict(steps=100, restarts=1, num_target_classes=9)),
-            ('fab-t', 'fab_t', dict(steps=100, restarts=1, num_target_classes=9)),
-            square]
+    return [
+        ('apgd-ce', 'apgd_ce', dict(steps=100, restarts=1)),
+        ('apgd-t', 'apgd_t', dict(steps=100, restarts=1, num_target_classes=9)),
+        ('fab-t', 'fab_t', dict(steps=100, restarts=1, num_target_classes=9)),
+        square,
+    ]
   if version == 'plus':
-    return [('apgd-ce', 'apgd_ce', dict(steps=100, restarts=5)),
-            ('apgd-dlr', 'apgd_dlr', dict(steps=100, restarts=5)),
-            ('fab', 'fab', dict(steps=100, restarts=5)),
-            square,
-            ('apgd-t', 'apgd_t', dict(steps=100, restarts=1, num_target_classes=9)),
-            ('fab-t', 'fab_t', dict(steps=100, restarts=1, num_target_classes=9))]
-  raise ValueError(f'unknown AutoAttack version {version!r}; valid: {", ".join(VERSIONS)}')
+    return [
+        ('apgd-ce', 'apgd_ce', dict(steps=100, restarts=5)),
+        ('apgd-dlr', 'apgd_dlr', dict(steps=100, restarts=5)),
+        ('fab', 'fab', dict(steps=100, restarts=5)),
+        square,
+        ('apgd-t', 'apgd_t', dict(steps=100, restarts=1, num_target_classes=9)),
+        ('fab-t', 'fab_t', dict(steps=100, restarts=1, num_target_classes=9)),
+    ]
+  raise ValueError(
+      f'unknown AutoAttack version {version!r}; valid: {", ".join(VERSIONS)}'
+  )
 
 
-def autoattack_batch(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-                     norm: str = 'linf', version: str = 'standard') -> jax.Array:
+def autoattack_batch(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    version: str = 'standard',
+) -> jax.Array:
   """AutoAttack on one fixed batch: every component runs on the whole batch in turn, and per
   example the first component's point that the model misclassifies is kept; x where the clean
   point is already misclassified or no component succeeds (as the reference).
@@ -73,8 +98,15 @@ def autoattack_batch(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.A
   wrong = lambda xx: jnp.argmax(logits_fn(xx), axis=-1) != y
   x_adv, broken = x, wrong(x)
   for i, (_, name, params) in enumerate(settings(version)):
-    new = _ATTACKS[name](logits_fn, jax.random.fold_in(rng, i), x, y, eps=eps, norm=norm,
-                        **params)
+    new = _ATTACKS[name](
+        logits_fn,
+        jax.random.fold_in(rng, i),
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        **params,
+    )
     take = ~broken & wrong(new)
     x_adv = jnp.where(bcast(take, x), new, x_adv)
     broken = broken | take

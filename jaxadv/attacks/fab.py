@@ -14,6 +14,7 @@ examples misclassified at x keep x, and the projections bracket the root of a
 piecewise-linear function by bisection and then solve it exactly (the reference sorts its
 breakpoints, which is ~20x slower on CPU).
 """
+
 from __future__ import annotations
 
 import jax
@@ -55,6 +56,7 @@ def _solve(drop, saturated_drop, slope, lo, hi, gap):
   radii span many decades in L2), then the exact solve on the final bracket with the
   coordinates saturated at lo held fixed, r = (gap - saturated_drop(lo)) / slope(lo), kept
   within the bracket."""
+
   def halve(_, bracket):
     lo, hi = bracket
     mid = jnp.exp(0.5 * (jnp.log(lo) + jnp.log(hi)))
@@ -62,7 +64,9 @@ def _solve(drop, saturated_drop, slope, lo, hi, gap):
     return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
   lo, hi = lax.fori_loop(0, _BISECTIONS, halve, (lo, hi))
-  return jnp.clip((gap - saturated_drop(lo)) / jnp.maximum(slope(lo), TINY), lo, hi)
+  return jnp.clip(
+      (gap - saturated_drop(lo)) / jnp.maximum(slope(lo), TINY), lo, hi
+  )
 
 
 def hyperplane_box_projection_linf(t, w, c):
@@ -83,8 +87,17 @@ def hyperplane_box_projection_linf(t, w, c):
   slope = lambda r: jnp.sum(jnp.where(sat(r), 0.0, aw), axis=-1)
   # The unconstrained answer gap / |w|_1 is a lower bound (the box only adds to it).
   lo = jnp.maximum(gap / jnp.maximum(jnp.sum(aw, axis=-1), TINY), TINY)
-  lam = _solve(drop, saturated_drop, slope, lo, jnp.maximum(jnp.max(room, axis=-1), lo), gap)
-  lam = jnp.where(drop(jnp.ones_like(gap)) < gap, jnp.inf, jnp.where(gap > 0, lam, 0.0))
+  lam = _solve(
+      drop,
+      saturated_drop,
+      slope,
+      lo,
+      jnp.maximum(jnp.max(room, axis=-1), lo),
+      gap,
+  )
+  lam = jnp.where(
+      drop(jnp.ones_like(gap)) < gap, jnp.inf, jnp.where(gap > 0, lam, 0.0)
+  )
   return -jnp.sign(w) * jnp.minimum(lam[:, None], room)
 
 
@@ -103,12 +116,16 @@ def hyperplane_box_projection_l2(t, w, c):
   sat = lambda r: ratio <= r[:, None]
   drop = lambda r: jnp.sum(aw * jnp.minimum(r[:, None] * aw, room), axis=-1)
   saturated_drop = lambda r: jnp.sum(jnp.where(sat(r), aw * room, 0.0), axis=-1)
-  slope = lambda r: jnp.sum(jnp.where(sat(r), 0.0, aw ** 2), axis=-1)
-  lo = jnp.maximum(gap / jnp.maximum(jnp.sum(aw ** 2, axis=-1), TINY), TINY)
+  slope = lambda r: jnp.sum(jnp.where(sat(r), 0.0, aw**2), axis=-1)
+  lo = jnp.maximum(gap / jnp.maximum(jnp.sum(aw**2, axis=-1), TINY), TINY)
   hi = jnp.maximum(jnp.max(ratio, axis=-1), lo)
   mu = _solve(drop, saturated_drop, slope, lo, hi, gap)
-  mu = jnp.where(jnp.sum(aw * room, axis=-1) < gap, jnp.inf, jnp.where(gap > 0, mu, 0.0))
-  return -jnp.sign(w) * jnp.where(active, jnp.minimum(mu[:, None] * aw, room), 0.0)
+  mu = jnp.where(
+      jnp.sum(aw * room, axis=-1) < gap, jnp.inf, jnp.where(gap > 0, mu, 0.0)
+  )
+  return -jnp.sign(w) * jnp.where(
+      active, jnp.minimum(mu[:, None] * aw, room), 0.0
+  )
 
 
 def _linf(v):
@@ -121,7 +138,11 @@ def _l2(v):
 
 # norm -> (norm of flat (b, n), dual norm, projection onto hyperplane and box)
 _FAB_NORMS = {
-    'linf': (_linf, lambda v: jnp.sum(jnp.abs(v), axis=-1), hyperplane_box_projection_linf),
+    'linf': (
+        _linf,
+        lambda v: jnp.sum(jnp.abs(v), axis=-1),
+        hyperplane_box_projection_linf,
+    ),
     'l2': (_l2, _l2, hyperplane_box_projection_l2),
 }
 
@@ -132,13 +153,16 @@ _FAB_NORMS = {
 
 def _linearize_targeted(logits_fn, y, target):
   """x (b, ...) -> (f (b,), grad f (b, n)) with f = z_target - z_y: one backward pass."""
+
   def fn(x):
     def diff(xx):
       z = as_float(logits_fn(xx))
       take = lambda c: jnp.take_along_axis(z, c[:, None], axis=-1)[:, 0]
       return take(target) - take(y)
+
     f, vjp = jax.vjp(diff, x)
     return f, vjp(jnp.ones_like(f))[0].reshape(x.shape[0], -1)
+
   return fn
 
 
@@ -146,33 +170,46 @@ def _linearize_closest(logits_fn, y, dual_norm):
   """Untargeted FAB: the linearised boundary between y and the class whose boundary is closest
   in the linear approximation, |z_k - z_y| / |grad (z_k - z_y)|_dual. Needs the whole Jacobian
   (one backward pass per class, as the reference)."""
+
   def fn(x):
     z, vjp = jax.vjp(lambda xx: as_float(logits_fn(xx)), x)
     b, num_classes = z.shape
-    eye = jnp.broadcast_to(jnp.eye(num_classes, dtype=z.dtype)[:, None, :],
-                           (num_classes, b, num_classes))
-    jac = jnp.moveaxis(jax.vmap(lambda e: vjp(e)[0])(eye), 0, 1).reshape(b, num_classes, -1)
-    take = lambda v: jnp.take_along_axis(v, y.reshape((b,) + (1,) * (v.ndim - 1)), axis=1)
+    eye = jnp.broadcast_to(
+        jnp.eye(num_classes, dtype=z.dtype)[:, None, :],
+        (num_classes, b, num_classes),
+    )
+    jac = jnp.moveaxis(jax.vmap(lambda e: vjp(e)[0])(eye), 0, 1).reshape(
+        b, num_classes, -1
+    )
+    take = lambda v: jnp.take_along_axis(
+        v, y.reshape((b,) + (1,) * (v.ndim - 1)), axis=1
+    )
     df, dg = z - take(z), jac - take(jac)
     df = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), _UNREACHED, df)
     k = jnp.argmin(jnp.abs(df) / (dual_norm(dg) + TINY), axis=-1)
     return _at(df, k), jnp.take_along_axis(dg, k[:, None, None], axis=1)[:, 0]
+
   return fn
 
 
 def _random_start(rng, x, eps, norm):
   """The reference's start for restarts after the first: a random direction scaled to norm
-  eps / 2 (L-inf: uniform noise scaled to max |.| = eps / 2; L2: gaussian), clipped."""
+  eps / 2 (L-inf: uniform noise scaled to max |.| = eps / 2; L2: gaussian), clipped.
+  """
   if norm == 'linf':
     t = jax.random.uniform(rng, x.shape, x.dtype, -1.0, 1.0)
-    t = t / bcast(jnp.max(jnp.abs(t.reshape(t.shape[0], -1)), axis=-1) + TINY, t)
+    t = t / bcast(
+        jnp.max(jnp.abs(t.reshape(t.shape[0], -1)), axis=-1) + TINY, t
+    )
   else:
     t = jax.random.normal(rng, x.shape, x.dtype)
     t = t / bcast(_l2(t.reshape(t.shape[0], -1)) + TINY, t)
   return jnp.clip(x + 0.5 * eps * t, 0.0, 1.0)
 
 
-def _fab_run(logits_fn, x, y, x_start, linearize, *, norm, steps, alpha_max, eta, beta):
+def _fab_run(
+    logits_fn, x, y, x_start, linearize, *, norm, steps, alpha_max, eta, beta
+):
   """One FAB run from x_start. Returns (x_min (b, ...), dist (b,)): per example the closest
   misclassified iterate and its distance to x; x and inf where none was found, x and 0 where x
   itself is misclassified."""
@@ -185,12 +222,16 @@ def _fab_run(logits_fn, x, y, x_start, linearize, *, norm, steps, alpha_max, eta
   def body(_, s):
     x1, x_min, dist = s
     df, dg = linearize(x1.reshape(x.shape))
-    c = jnp.sum(dg * x1, axis=-1) - df  # the boundary's linearisation: <dg, z> = c
+    c = (
+        jnp.sum(dg * x1, axis=-1) - df
+    )  # the boundary's linearisation: <dg, z> = c
     d1, d2 = project(x1, dg, c), project(x0, dg, c)
     a1 = jnp.maximum(pnorm(d1), 1e-8)
     a2 = jnp.maximum(pnorm(d2), 1e-8)
     alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
-    x1 = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
+    x1 = jnp.clip(
+        (x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0
+    )
     adv = wrong(x1.reshape(x.shape))
     d = pnorm(x1 - x0)
     closer = adv & (d < dist)
@@ -212,14 +253,27 @@ def _check_fab(norm, steps, restarts, alpha_max, eta, beta):
   if restarts < 1:
     raise ValueError(f'restarts must be >= 1, got {restarts}')
   if not 0 <= alpha_max <= 1 or eta < 1 or not 0 < beta < 1:
-    raise ValueError(f'need 0 <= alpha_max <= 1, eta >= 1, 0 < beta < 1; got alpha_max='
-                     f'{alpha_max}, eta={eta}, beta={beta}')
+    raise ValueError(
+        f'need 0 <= alpha_max <= 1, eta >= 1, 0 < beta < 1; got alpha_max='
+        f'{alpha_max}, eta={eta}, beta={beta}'
+    )
 
 
-def fab_minimal(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
-                norm: str = 'linf', steps: int = 100, restarts: int = 1,
-                target: jax.Array | None = None, eps=0.0, alpha_max: float = 0.1,
-                eta: float = 1.05, beta: float = 0.9) -> tuple[jax.Array, jax.Array]:
+def fab_minimal(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    norm: str = 'linf',
+    steps: int = 100,
+    restarts: int = 1,
+    target: jax.Array | None = None,
+    eps=0.0,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+) -> tuple[jax.Array, jax.Array]:
   """The smallest perturbation FAB finds, not bounded by any eps.
 
   Args:
@@ -242,16 +296,32 @@ def fab_minimal(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array,
   """
   _check_fab(norm, steps, restarts, alpha_max, eta, beta)
   dual = _FAB_NORMS[norm][1]
-  linearize = (_linearize_closest(logits_fn, y, dual) if target is None
-               else _linearize_targeted(logits_fn, y, target))
+  linearize = (
+      _linearize_closest(logits_fn, y, dual)
+      if target is None
+      else _linearize_targeted(logits_fn, y, target)
+  )
   keys = restart_keys(rng, restarts)
 
   def one_restart(best, r):
     start = jnp.where(r == 0, x, _random_start(keys[r], x, eps, norm))
-    x_r, d_r = _fab_run(logits_fn, x, y, start, linearize, norm=norm, steps=steps,
-                        alpha_max=alpha_max, eta=eta, beta=beta)
+    x_r, d_r = _fab_run(
+        logits_fn,
+        x,
+        y,
+        start,
+        linearize,
+        norm=norm,
+        steps=steps,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+    )
     closer = d_r < best[1]
-    return (jnp.where(bcast(closer, x), x_r, best[0]), jnp.where(closer, d_r, best[1])), None
+    return (
+        jnp.where(bcast(closer, x), x_r, best[0]),
+        jnp.where(closer, d_r, best[1]),
+    ), None
 
   init = (x, jnp.full(x.shape[:1], jnp.inf, x.dtype))
   (x_min, dist), _ = lax.scan(one_restart, init, jnp.arange(restarts))
@@ -267,10 +337,21 @@ def _within_eps(x, x_min, dist, eps, norm):
   return lax.stop_gradient(project(x_adv, x, eps))
 
 
-def fab(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-        norm: str = 'linf', steps: int = 100, restarts: int = 1,
-        target: jax.Array | None = None, alpha_max: float = 0.1, eta: float = 1.05,
-        beta: float = 0.9) -> jax.Array:
+def fab(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    steps: int = 100,
+    restarts: int = 1,
+    target: jax.Array | None = None,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+) -> jax.Array:
   """FAB (Croce & Hein 2020) as an eps-bounded attack, the way AutoAttack counts it.
 
   Runs `fab_minimal` (untargeted, or towards `target` when given) and returns, per example,
@@ -281,15 +362,38 @@ def fab(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
   Returns:
     stop_gradient(x_adv), (b, ...) in [0, 1] and in the eps ball of x.
   """
-  x_min, dist = fab_minimal(logits_fn, rng, x, y, norm=norm, steps=steps, restarts=restarts,
-                            target=target, eps=eps, alpha_max=alpha_max, eta=eta, beta=beta)
+  x_min, dist = fab_minimal(
+      logits_fn,
+      rng,
+      x,
+      y,
+      norm=norm,
+      steps=steps,
+      restarts=restarts,
+      target=target,
+      eps=eps,
+      alpha_max=alpha_max,
+      eta=eta,
+      beta=beta,
+  )
   return _within_eps(x, x_min, dist, eps, norm)
 
 
-def fab_t(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-          norm: str = 'linf', steps: int = 100, restarts: int = 1,
-          num_target_classes: int = 9, alpha_max: float = 0.1, eta: float = 1.05,
-          beta: float = 0.9) -> jax.Array:
+def fab_t(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    steps: int = 100,
+    restarts: int = 1,
+    num_target_classes: int = 9,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+) -> jax.Array:
   """FAB-T, AutoAttack's targeted FAB: `fab_minimal` towards each of the num_target_classes
   (at most C - 1) highest-logit classes at x other than y, one gradient per step.
 
@@ -303,31 +407,69 @@ def fab_t(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, ep
     stop_gradient(x_adv), (b, ...) in [0, 1] and in the eps ball of x: the closest
     misclassified point found when it is within eps, else x.
   """
-  x_min, dist = fab_t_minimal(logits_fn, rng, x, y, norm=norm, steps=steps, restarts=restarts,
-                              num_target_classes=num_target_classes, eps=eps,
-                              alpha_max=alpha_max, eta=eta, beta=beta)
+  x_min, dist = fab_t_minimal(
+      logits_fn,
+      rng,
+      x,
+      y,
+      norm=norm,
+      steps=steps,
+      restarts=restarts,
+      num_target_classes=num_target_classes,
+      eps=eps,
+      alpha_max=alpha_max,
+      eta=eta,
+      beta=beta,
+  )
   return _within_eps(x, x_min, dist, eps, norm)
 
 
-def fab_t_minimal(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
-                  norm: str = 'linf', steps: int = 100, restarts: int = 1,
-                  num_target_classes: int = 9, eps=0.0, alpha_max: float = 0.1,
-                  eta: float = 1.05, beta: float = 0.9) -> tuple[jax.Array, jax.Array]:
+def fab_t_minimal(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    norm: str = 'linf',
+    steps: int = 100,
+    restarts: int = 1,
+    num_target_classes: int = 9,
+    eps=0.0,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+) -> tuple[jax.Array, jax.Array]:
   """(x_min, dist) of `fab_minimal` minimised over FAB-T's targets (see `fab_t`)."""
   clean = as_float(lax.stop_gradient(logits_fn(x)))
   num_classes = clean.shape[-1]
   if num_classes < 2:
     raise ValueError(f'fab_t needs at least 2 classes, got {num_classes}')
   n_targets = min(num_target_classes, num_classes - 1)
-  others = jnp.where(jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, clean)
+  others = jnp.where(
+      jax.nn.one_hot(y, num_classes, dtype=bool), -jnp.inf, clean
+  )
   targets = lax.top_k(others, n_targets)[1].astype(y.dtype)  # (b, T)
 
   def one_target(best, i):
-    x_i, d_i = fab_minimal(logits_fn, jax.random.fold_in(rng, i), x, y, norm=norm,
-                           steps=steps, restarts=restarts, target=targets[:, i], eps=eps,
-                           alpha_max=alpha_max, eta=eta, beta=beta)
+    x_i, d_i = fab_minimal(
+        logits_fn,
+        jax.random.fold_in(rng, i),
+        x,
+        y,
+        norm=norm,
+        steps=steps,
+        restarts=restarts,
+        target=targets[:, i],
+        eps=eps,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
+    )
     closer = d_i < best[1]
-    return (jnp.where(bcast(closer, x), x_i, best[0]), jnp.where(closer, d_i, best[1])), None
+    return (
+        jnp.where(bcast(closer, x), x_i, best[0]),
+        jnp.where(closer, d_i, best[1]),
+    ), None
 
   init = (x, jnp.full(x.shape[:1], jnp.inf, x.dtype))
   (x_min, dist), _ = lax.scan(one_target, init, jnp.arange(n_targets))

@@ -1,5 +1,6 @@
 """Attack objectives: per-example losses (b,) the attacker maximises, success tests and target
 rules. Computed in at least float32."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -53,7 +54,9 @@ def cw_margin_targeted(logits: jax.Array, target: jax.Array) -> jax.Array:
 
 def _sorted_logits(logits: jax.Array, k: int, name: str) -> jax.Array:
   if logits.shape[-1] < k:
-    raise ValueError(f'{name} needs at least {k} classes, got {logits.shape[-1]}')
+    raise ValueError(
+        f'{name} needs at least {k} classes, got {logits.shape[-1]}'
+    )
   return lax.top_k(as_float(logits), k)[0]
 
 
@@ -67,7 +70,9 @@ def dlr(logits: jax.Array, y: jax.Array) -> jax.Array:
   return cw_margin(logits, y) / (z[:, 0] - z[:, 2] + TINY)
 
 
-def dlr_targeted(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:
+def dlr_targeted(
+    logits: jax.Array, y: jax.Array, target: jax.Array
+) -> jax.Array:
   """Targeted DLR (Croce & Hein 2020), (b,); needs C >= 4.
 
   -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2): maximising it pushes z_t above z_y.
@@ -82,14 +87,20 @@ def dlr_targeted(logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Arra
 def objective_fn(loss: str, y: jax.Array, target: jax.Array | None):
   """logits (b, C) -> per-example loss to maximise (b,)."""
   if loss not in LOSSES:
-    raise ValueError(f'unknown loss {loss!r}; valid losses: {", ".join(LOSSES)}')
+    raise ValueError(
+        f'unknown loss {loss!r}; valid losses: {", ".join(LOSSES)}'
+    )
   if target is None:
-    return {'ce': lambda z: cross_entropy(z, y),
-            'cw': lambda z: cw_margin(z, y),
-            'dlr': lambda z: dlr(z, y)}[loss]
-  return {'ce': lambda z: -cross_entropy(z, target),
-          'cw': lambda z: cw_margin_targeted(z, target),
-          'dlr': lambda z: dlr_targeted(z, y, target)}[loss]
+    return {
+        'ce': lambda z: cross_entropy(z, y),
+        'cw': lambda z: cw_margin(z, y),
+        'dlr': lambda z: dlr(z, y),
+    }[loss]
+  return {
+      'ce': lambda z: -cross_entropy(z, target),
+      'cw': lambda z: cw_margin_targeted(z, target),
+      'dlr': lambda z: dlr_targeted(z, y, target),
+  }[loss]
 
 
 def success_fn(y: jax.Array, target: jax.Array | None):
@@ -97,8 +108,6 @@ def success_fn(y: jax.Array, target: jax.Array | None):
   if target is None:
     return lambda z: jnp.argmax(z, axis=-1) != y
   return lambda z: jnp.argmax(z, axis=-1) == target
-
-
 
 
 def random_target(rng: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
@@ -111,5 +120,3 @@ def worst_target(logits: jax.Array, y: jax.Array) -> jax.Array:
   """The least likely wrong class (GREAT's 'worst' target), int (b,)."""
   mask = jax.nn.one_hot(y, logits.shape[-1], dtype=bool)
   return jnp.argmin(jnp.where(mask, jnp.inf, logits), axis=-1).astype(y.dtype)
-
-

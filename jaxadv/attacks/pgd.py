@@ -1,5 +1,6 @@
 """Gradient attacks of the PGD family: FGSM, FGSM-RS, PGD (L-inf, L2, restarts), iFGSM/BIM, CW-inf,
 and the restart machinery they share."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -41,6 +42,7 @@ def ifgsm_steps(eps):
     raise ValueError('ifgsm with a traced eps needs explicit steps') from None
   return max(int(min(e + 4, 1.25 * e)), 1)
 
+
 # Restarts.
 
 
@@ -58,21 +60,30 @@ def restart_keys(rng: jax.Array, restarts: int) -> jax.Array:
 
 def keep_better(best, new):
   """Merge (x_adv, loss, success) candidates: keep a success if `best` has one, else take
-  `new` if it succeeds or has a strictly higher loss (ties keep the earlier restart)."""
+  `new` if it succeeds or has a strictly higher loss (ties keep the earlier restart).
+  """
   x_b, f_b, ok_b = best
   x_n, f_n, ok_n = new
   take = ~ok_b & (ok_n | (f_n > f_b))
-  return (jnp.where(bcast(take, x_b), x_n, x_b), jnp.where(take, f_n, f_b), ok_b | ok_n)
+  return (
+      jnp.where(bcast(take, x_b), x_n, x_b),
+      jnp.where(take, f_n, f_b),
+      ok_b | ok_n,
+  )
 
 
-def best_of_restarts(run, logits_fn, objective, success, rng, x, restarts, restart_batching):
+def best_of_restarts(
+    run, logits_fn, objective, success, rng, x, restarts, restart_batching
+):
   """Per example, the first successful restart of run(key) -> x_adv, else the highest loss.
 
   Returns (x_adv (b, ...), loss (b,), success bool (b,)) scored at the returned points.
   """
   if restart_batching not in RESTART_BATCHING:
-    raise ValueError(f'unknown restart_batching {restart_batching!r}; '
-                     f'valid: {", ".join(RESTART_BATCHING)}')
+    raise ValueError(
+        f'unknown restart_batching {restart_batching!r}; '
+        f'valid: {", ".join(RESTART_BATCHING)}'
+    )
   if restarts < 1:
     raise ValueError(f'restarts must be >= 1, got {restarts}')
 
@@ -85,7 +96,11 @@ def best_of_restarts(run, logits_fn, objective, success, rng, x, restarts, resta
   if restarts == 1:
     return scored(keys[0])
   loss_dtype = jax.eval_shape(scored, keys[0])[1].dtype
-  init = (x, jnp.full(x.shape[:1], -jnp.inf, loss_dtype), jnp.zeros(x.shape[:1], bool))
+  init = (
+      x,
+      jnp.full(x.shape[:1], -jnp.inf, loss_dtype),
+      jnp.zeros(x.shape[:1], bool),
+  )
   merge = lambda best, new: (keep_better(best, new), None)
   if restart_batching == 'vmap':
     # All restarts at once (R times the memory), merged in restart order afterwards.
@@ -94,7 +109,11 @@ def best_of_restarts(run, logits_fn, objective, success, rng, x, restarts, resta
 
 
 def check_steps(steps):
-  if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+  if (
+      not isinstance(steps, (int, np.integer))
+      or isinstance(steps, bool)
+      or steps < 1
+  ):
     raise ValueError(f'steps must be a positive int, got {steps!r}')
 
 
@@ -102,14 +121,25 @@ def check_steps(steps):
 # Single-step attacks.
 
 
-def clean(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+def clean(
+    logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array
+) -> jax.Array:
   """No attack: returns stop_gradient(x)."""
   del logits_fn, rng, y
   return lax.stop_gradient(x)
 
 
-def fgsm(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-         norm: str = 'linf', loss: str = 'ce', target: jax.Array | None = None) -> jax.Array:
+def fgsm(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    loss: str = 'ce',
+    target: jax.Array | None = None,
+) -> jax.Array:
   """Fast gradient (sign) method: one step of size eps from x (rng unused).
 
   L-inf: x + eps * sign(g); L2: x + eps * g / |g|_2 (FGM); then clipped to [0, 1].
@@ -120,9 +150,19 @@ def fgsm(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps
   return lax.stop_gradient(project(x + eps * direction(g), x, eps))
 
 
-def fgsm_rs(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-            alpha=None, norm: str = 'linf', loss: str = 'ce',
-            target: jax.Array | None = None, clip_start: bool = True) -> jax.Array:
+def fgsm_rs(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    alpha=None,
+    norm: str = 'linf',
+    loss: str = 'ce',
+    target: jax.Array | None = None,
+    clip_start: bool = True,
+) -> jax.Array:
   """FGSM with a random start (Wong et al. 2020; L2: Goodwin et al. 2020).
 
   Start uniform in the eps ball, one step of size alpha (default 1.25 * eps) along the signed
@@ -143,8 +183,20 @@ def fgsm_rs(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, 
 # PGD family.
 
 
-def _pgd_run(logits_fn, rng, x, objective, success, *, eps, steps, step_size, norm,
-             random_start, keep_best):
+def _pgd_run(
+    logits_fn,
+    rng,
+    x,
+    objective,
+    success,
+    *,
+    eps,
+    steps,
+    step_size,
+    norm,
+    random_start,
+    keep_best,
+):
   """One PGD restart. keep_best: per example, the highest-loss iterate among those that
   succeed, else the highest-loss iterate (iterates 0..steps; the losses come with the
   gradients, plus one forward pass for the last iterate); else the final iterate (Madry et
@@ -156,8 +208,12 @@ def _pgd_run(logits_fn, rng, x, objective, success, *, eps, steps, step_size, no
     return project(x_adv + step_size * direction(g), x, eps)
 
   if not keep_best:
-    return lax.fori_loop(0, steps, lambda _, xa: step(xa, loss_and_grad(
-        logits_fn, objective, xa)[2]), x0)
+    return lax.fori_loop(
+        0,
+        steps,
+        lambda _, xa: step(xa, loss_and_grad(logits_fn, objective, xa)[2]),
+        x0,
+    )
 
   def merge(best, x_adv, f, logits):
     # Prefer a success, then a higher loss (APGD's rule): a success found
@@ -165,8 +221,11 @@ def _pgd_run(logits_fn, rng, x, objective, success, *, eps, steps, step_size, no
     x_b, f_b, ok_b = best
     ok = success(logits)
     take = (ok & (~ok_b | (f >= f_b))) | (~ok_b & (f > f_b))
-    return (jnp.where(bcast(take, x_b), x_adv, x_b), jnp.where(take, f, f_b),
-            ok_b | ok)
+    return (
+        jnp.where(bcast(take, x_b), x_adv, x_b),
+        jnp.where(take, f, f_b),
+        ok_b | ok,
+    )
 
   def body(_, carry):
     x_adv, best = carry
@@ -181,10 +240,23 @@ def _pgd_run(logits_fn, rng, x, objective, success, *, eps, steps, step_size, no
   return merge(best, x_last, objective(logits), logits)[0]
 
 
-def pgd(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-        steps: int = 10, step_size=None, norm: str = 'linf', random_start: bool = True,
-        restarts: int = 1, loss: str = 'ce', target: jax.Array | None = None,
-        restart_batching: str = 'loop', keep_best: bool = True) -> jax.Array:
+def pgd(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    steps: int = 10,
+    step_size=None,
+    norm: str = 'linf',
+    random_start: bool = True,
+    restarts: int = 1,
+    loss: str = 'ce',
+    target: jax.Array | None = None,
+    restart_batching: str = 'loop',
+    keep_best: bool = True,
+) -> jax.Array:
   """Projected gradient ascent (Madry et al. 2018).
 
   Args:
@@ -207,17 +279,38 @@ def pgd(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
   check_steps(steps)
   step_size = pgd_step_size(eps, steps) if step_size is None else step_size
   objective, success = objective_fn(loss, y, target), success_fn(y, target)
-  run = lambda key: _pgd_run(logits_fn, key, x, objective, success, eps=eps, steps=steps,
-                             step_size=step_size, norm=norm, random_start=random_start,
-                             keep_best=keep_best)
-  x_adv, _, _ = best_of_restarts(run, logits_fn, objective, success, rng, x, restarts,
-                                  restart_batching)
+  run = lambda key: _pgd_run(
+      logits_fn,
+      key,
+      x,
+      objective,
+      success,
+      eps=eps,
+      steps=steps,
+      step_size=step_size,
+      norm=norm,
+      random_start=random_start,
+      keep_best=keep_best,
+  )
+  x_adv, _, _ = best_of_restarts(
+      run, logits_fn, objective, success, rng, x, restarts, restart_batching
+  )
   return lax.stop_gradient(x_adv)
 
 
-def ifgsm(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-          steps: int | None = None, step_size=None, norm: str = 'linf', loss: str = 'ce',
-          target: jax.Array | None = None) -> jax.Array:
+def ifgsm(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    steps: int | None = None,
+    step_size=None,
+    norm: str = 'linf',
+    loss: str = 'ce',
+    target: jax.Array | None = None,
+) -> jax.Array:
   """Iterative FGSM / BIM (Kurakin et al. 2017): PGD from x (no random start), one restart,
   best iterate kept. Default schedule Kurakin et al.'s: steps of 1/255 (`ifgsm_step_size`),
   min(255 eps + 4, 1.25 * 255 eps) of them (`ifgsm_steps`; eps must then be a Python number).
@@ -226,20 +319,52 @@ def ifgsm(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, ep
   steps = ifgsm_steps(eps) if steps is None else steps
   check_steps(steps)
   step_size = ifgsm_step_size(eps, steps) if step_size is None else step_size
-  return pgd(logits_fn, rng, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm,
-             random_start=False, loss=loss, target=target)
+  return pgd(
+      logits_fn,
+      rng,
+      x,
+      y,
+      eps=eps,
+      steps=steps,
+      step_size=step_size,
+      norm=norm,
+      random_start=False,
+      loss=loss,
+      target=target,
+  )
 
 
 bim = ifgsm
 
 
-def cw(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-       steps: int = 10, step_size=None, norm: str = 'linf', random_start: bool = True,
-       restarts: int = 1, target: jax.Array | None = None,
-       restart_batching: str = 'loop') -> jax.Array:
+def cw(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    steps: int = 10,
+    step_size=None,
+    norm: str = 'linf',
+    random_start: bool = True,
+    restarts: int = 1,
+    target: jax.Array | None = None,
+    restart_batching: str = 'loop',
+) -> jax.Array:
   """PGD on the CW margin loss (the 'CW-inf' attack of the robustness literature)."""
-  return pgd(logits_fn, rng, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm,
-             random_start=random_start, restarts=restarts, loss='cw', target=target,
-             restart_batching=restart_batching)
-
-
+  return pgd(
+      logits_fn,
+      rng,
+      x,
+      y,
+      eps=eps,
+      steps=steps,
+      step_size=step_size,
+      norm=norm,
+      random_start=random_start,
+      restarts=restarts,
+      loss='cw',
+      target=target,
+      restart_batching=restart_batching,
+  )

@@ -1,5 +1,6 @@
 """Projections onto the eps balls and the [0, 1] box, random starts, steepest-ascent directions
 and the loss-and-gradient step every gradient attack takes."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -13,6 +14,7 @@ from jaxadv.attacks.losses import TINY
 LogitsFn = Callable[[jax.Array], jax.Array]
 NORMS = ('linf', 'l2')
 
+
 def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
   """Reshape per-example v (b,) to broadcast against x (b, ...)."""
   return jnp.reshape(v, jnp.shape(v) + (1,) * (x.ndim - jnp.ndim(v)))
@@ -20,7 +22,9 @@ def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
 
 def l2_norm(v: jax.Array) -> jax.Array:
   """Per-example L2 norm over all but the batch axis, shape (b, 1, ..., 1)."""
-  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
+  return jnp.sqrt(
+      jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True)
+  )
 
 
 def project_linf(x_adv: jax.Array, x: jax.Array, eps) -> jax.Array:
@@ -39,13 +43,17 @@ def project_l2(x_adv: jax.Array, x: jax.Array, eps) -> jax.Array:
   return jnp.clip(x + delta, 0.0, 1.0)
 
 
-def random_init_linf(rng: jax.Array, x: jax.Array, eps, clip: bool = True) -> jax.Array:
+def random_init_linf(
+    rng: jax.Array, x: jax.Array, eps, clip: bool = True
+) -> jax.Array:
   """x plus noise uniform in the L-inf box of radius eps, clipped to [0, 1] if `clip`."""
   delta = jax.random.uniform(rng, x.shape, x.dtype, -1.0, 1.0) * eps
   return jnp.clip(x + delta, 0.0, 1.0) if clip else x + delta
 
 
-def random_init_l2(rng: jax.Array, x: jax.Array, eps, clip: bool = True) -> jax.Array:
+def random_init_l2(
+    rng: jax.Array, x: jax.Array, eps, clip: bool = True
+) -> jax.Array:
   """x plus noise uniform in the L2 ball of radius eps, clipped to [0, 1] if `clip`.
 
   Uniform in the ball: a gaussian direction normalised, radius eps * u^(1/d), d = pixels per
@@ -83,10 +91,11 @@ def norm_ops(norm: str):
 
 def loss_and_grad(logits_fn: LogitsFn, objective, x_adv: jax.Array):
   """(per-example loss (b,), logits (b, C), d sum(loss) / d x_adv (b, ...))."""
+
   def total(xa):
     logits = logits_fn(xa)
     f = objective(logits)
     return jnp.sum(f), (f, logits)
+
   (_, (f, logits)), g = jax.value_and_grad(total, has_aux=True)(x_adv)
   return f, logits, g
-

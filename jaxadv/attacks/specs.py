@@ -1,5 +1,6 @@
 """Attack specs for evaluation: `parse_attack('pgd(norm=linf, eps=8/255, steps=50)')` -> a validated
 AttackSpec, `make_attack(spec)` -> fn(logits_fn, rng, x, y) -> x_adv."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,20 @@ from jaxadv.attacks import autoattack
 from jaxadv.attacks.autoattack import autoattack_batch
 from jaxadv.attacks.fab import fab, fab_t
 from jaxadv.attacks.losses import LOSSES, random_target, worst_target
-from jaxadv.attacks.pgd import (RESTART_BATCHING, bim, clean, cw, fgsm, fgsm_rs, fgsm_rs_step_size,
-                                ifgsm, ifgsm_step_size, ifgsm_steps, pgd,
-                                pgd_step_size)
+from jaxadv.attacks.pgd import (
+    RESTART_BATCHING,
+    bim,
+    clean,
+    cw,
+    fgsm,
+    fgsm_rs,
+    fgsm_rs_step_size,
+    ifgsm,
+    ifgsm_step_size,
+    ifgsm_steps,
+    pgd,
+    pgd_step_size,
+)
 from jaxadv.attacks.projections import NORMS, LogitsFn
 from jaxadv.attacks.square import square
 
@@ -47,14 +59,36 @@ _NO_STEP_SIZE = ('square', 'fab', 'fab_t', 'autoattack')
 
 TARGETS = ('random', 'worst')
 # Canonical order of spec keys in str(spec).
-_KEY_ORDER = ('norm', 'eps', 'steps', 'queries', 'step_size', 'alpha', 'restarts',
-              'random_start', 'clip_start', 'loss', 'target', 'rho', 'num_target_classes',
-              'p_init', 'rescale_schedule', 'keep_best', 'restart_batching')
+_KEY_ORDER = (
+    'norm',
+    'eps',
+    'steps',
+    'queries',
+    'step_size',
+    'alpha',
+    'restarts',
+    'random_start',
+    'clip_start',
+    'loss',
+    'target',
+    'rho',
+    'num_target_classes',
+    'p_init',
+    'rescale_schedule',
+    'keep_best',
+    'restart_batching',
+)
 _BOOLEANS = ('random_start', 'clip_start', 'rescale_schedule', 'keep_best')
-_CHOICES = {'norm': NORMS, 'loss': LOSSES, 'target': TARGETS,
-            'random_start': ('true', 'false'), 'clip_start': ('true', 'false'),
-            'rescale_schedule': ('true', 'false'), 'keep_best': ('true', 'false'),
-            'restart_batching': RESTART_BATCHING}
+_CHOICES = {
+    'norm': NORMS,
+    'loss': LOSSES,
+    'target': TARGETS,
+    'random_start': ('true', 'false'),
+    'clip_start': ('true', 'false'),
+    'rescale_schedule': ('true', 'false'),
+    'keep_best': ('true', 'false'),
+    'restart_batching': RESTART_BATCHING,
+}
 _POSITIVE_INTS = ('steps', 'queries', 'restarts', 'num_target_classes')
 Value = Any  # int | float | fractions.Fraction | bool | str
 
@@ -71,9 +105,13 @@ def _check_value(name: str, key: str, value: Value) -> Value:
   if key in _CHOICES:
     text = str(value).lower() if isinstance(value, bool) else value
     if text not in _CHOICES[key]:
-      raise ValueError(f'{key} must be one of {", ".join(_CHOICES[key])}, got {value!r}')
+      raise ValueError(
+          f'{key} must be one of {", ".join(_CHOICES[key])}, got {value!r}'
+      )
     return text == 'true' if key in _BOOLEANS else text
-  is_number = isinstance(value, (int, float, fractions.Fraction)) and not isinstance(value, bool)
+  is_number = isinstance(
+      value, (int, float, fractions.Fraction)
+  ) and not isinstance(value, bool)
   if key in _POSITIVE_INTS:
     if not is_number or int(value) != value or value < 1:
       raise ValueError(f'{key} must be a positive integer, got {value!r}')
@@ -84,8 +122,9 @@ def _check_value(name: str, key: str, value: Value) -> Value:
     raise ValueError(f'eps must be >= 0, got {value}')
   if key in ('step_size', 'alpha') and value <= 0:
     raise ValueError(f'{key} must be > 0, got {value}')
-  if (key in ('rho', 'p_init') or (key == 'alpha' and name.startswith('apgd'))) and not (
-      0 < value <= 1):
+  if (
+      key in ('rho', 'p_init') or (key == 'alpha' and name.startswith('apgd'))
+  ) and not (0 < value <= 1):
     raise ValueError(f'{key} must be in (0, 1], got {value}')
   return value
 
@@ -100,7 +139,9 @@ def _format_value(value: Value) -> str:
   return str(value)
 
 
-def _step_size(name: str, kw: dict[str, Any], eps: float, steps: int) -> float | None:
+def _step_size(
+    name: str, kw: dict[str, Any], eps: float, steps: int
+) -> float | None:
   """The per-step move an attack takes with keyword arguments `kw` (defaults from the attack
   modules' step-size rules)."""
   if name in _NO_STEP_SIZE:
@@ -125,33 +166,48 @@ class AttackSpec:
   float, or fractions.Fraction for a/b), bool (random_start) or str (norm, loss, target,
   restart_batching). Defaults are not stored; `describe()` resolves them.
   """
+
   name: str
   params: tuple[tuple[str, Value], ...] = ()
 
   def __post_init__(self):
     if self.name not in ATTACKS:
-      raise ValueError(f'unknown attack {self.name!r}; valid attacks: {", ".join(ATTACKS)}')
-    items = list(self.params.items() if isinstance(self.params, Mapping) else self.params)
+      raise ValueError(
+          f'unknown attack {self.name!r}; valid attacks: {", ".join(ATTACKS)}'
+      )
+    items = list(
+        self.params.items() if isinstance(self.params, Mapping) else self.params
+    )
     keys = _spec_keys(self.name)
     seen = set()
     for key, _ in items:
       if key not in keys:
-        raise ValueError(f'unknown key {key!r} for attack {self.name!r}; valid keys: '
-                         f'{", ".join(keys) or "(none)"}')
+        raise ValueError(
+            f'unknown key {key!r} for attack {self.name!r}; valid keys: '
+            f'{", ".join(keys) or "(none)"}'
+        )
       if key in seen:
         raise ValueError(f'key {key!r} given twice')
       seen.add(key)
     if 'eps' in keys and 'eps' not in seen:
       raise ValueError(f'eps is required for attack {self.name!r}')
-    params = tuple(sorted(((k, _check_value(self.name, k, v)) for k, v in items),
-                          key=lambda kv: _KEY_ORDER.index(kv[0])))
+    params = tuple(
+        sorted(
+            ((k, _check_value(self.name, k, v)) for k, v in items),
+            key=lambda kv: _KEY_ORDER.index(kv[0]),
+        )
+    )
     given = dict(params)
     if given.get('norm', 'linf') == 'linf' and given.get('eps', 0) > 1:
-      raise ValueError(f'eps={_format_value(given["eps"])} must be <= 1 for norm=linf: '
-                       'pixel scale, e.g. eps=8/255, not eps=8')
+      raise ValueError(
+          f'eps={_format_value(given["eps"])} must be <= 1 for norm=linf: '
+          'pixel scale, e.g. eps=8/255, not eps=8'
+      )
     if given.get('random_start') is False and given.get('restarts', 1) > 1:
-      raise ValueError(f'restarts={given["restarts"]} with random_start=false runs the same '
-                       'attack repeatedly; use restarts=1 or random_start=true')
+      raise ValueError(
+          f'restarts={given["restarts"]} with random_start=false runs the same '
+          'attack repeatedly; use restarts=1 or random_start=true'
+      )
     object.__setattr__(self, 'params', params)
 
   def __str__(self) -> str:
@@ -163,7 +219,10 @@ class AttackSpec:
   @property
   def kwargs(self) -> dict[str, Value]:
     """The given params as Python keyword arguments (fractions as float)."""
-    return {k: float(v) if isinstance(v, fractions.Fraction) else v for k, v in self.params}
+    return {
+        k: float(v) if isinstance(v, fractions.Fraction) else v
+        for k, v in self.params
+    }
 
   def describe(self) -> dict[str, Any]:
     """Resolved settings: attack, norm, eps, steps, step_size, restarts, loss, target,
@@ -178,16 +237,37 @@ class AttackSpec:
     without one).
     """
     if self.name == 'clean':
-      return dict(attack='clean', norm=None, eps=0.0, steps=0, step_size=0.0, restarts=0,
-                  loss=None, target=None, random_start=None)
+      return dict(
+          attack='clean',
+          norm=None,
+          eps=0.0,
+          steps=0,
+          step_size=0.0,
+          restarts=0,
+          loss=None,
+          target=None,
+          random_start=None,
+      )
     params = inspect.signature(ATTACKS[self.name]).parameters.values()
-    kw = {p.name: p.default for p in params
-          if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty}
+    kw = {
+        p.name: p.default
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not p.empty
+    }
     kw.update(self.kwargs)
     eps = float(kw['eps'])
     if self.name == 'autoattack':
-      return dict(attack='autoattack', norm=kw['norm'], eps=eps, steps=None, step_size=None,
-                  restarts=None, loss=None, target=None, random_start=None)
+      return dict(
+          attack='autoattack',
+          norm=kw['norm'],
+          eps=eps,
+          steps=None,
+          step_size=None,
+          restarts=None,
+          loss=None,
+          target=None,
+          random_start=None,
+      )
     if self.name == 'square':
       kw['steps'] = kw['queries']
       kw['loss'] = kw['loss'] or ('cw' if kw.get('target') is None else 'ce')
@@ -196,26 +276,45 @@ class AttackSpec:
       steps = ifgsm_steps(eps)
     step_size = _step_size(self.name, kw, eps, steps)
     step_size = None if step_size is None else float(step_size)
-    loss = {'cw': 'cw', 'apgd_ce': 'ce', 'apgd_dlr': 'dlr', 'apgd_t': 'dlr_targeted'}.get(
-        self.name, kw.get('loss'))
-    target = (f'top{kw["num_target_classes"]}' if self.name in ('apgd_t', 'fab_t')
-              else kw.get('target'))
-    return dict(attack=self.name, norm=kw.get('norm', 'linf'), eps=eps, steps=int(steps),
-                step_size=step_size, restarts=int(kw.get('restarts', 1)), loss=loss,
-                target=target, random_start=kw.get('random_start'))
+    loss = {
+        'cw': 'cw',
+        'apgd_ce': 'ce',
+        'apgd_dlr': 'dlr',
+        'apgd_t': 'dlr_targeted',
+    }.get(self.name, kw.get('loss'))
+    target = (
+        f'top{kw["num_target_classes"]}'
+        if self.name in ('apgd_t', 'fab_t')
+        else kw.get('target')
+    )
+    return dict(
+        attack=self.name,
+        norm=kw.get('norm', 'linf'),
+        eps=eps,
+        steps=int(steps),
+        step_size=step_size,
+        restarts=int(kw.get('restarts', 1)),
+        loss=loss,
+        target=target,
+        random_start=kw.get('random_start'),
+    )
 
 
 _SPEC_RE = re.compile(r'^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$', re.S)
 _NUMBER = r'-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?'
-_VALUE_RE = re.compile(rf'^(?:(?P<num>{_NUMBER})(?:\s*/\s*(?P<den>{_NUMBER}))?'
-                       rf'|(?P<ident>[A-Za-z_]\w*))$')
+_VALUE_RE = re.compile(
+    rf'^(?:(?P<num>{_NUMBER})(?:\s*/\s*(?P<den>{_NUMBER}))?'
+    rf'|(?P<ident>[A-Za-z_]\w*))$'
+)
 
 
 def _parse_value(text: str) -> Value:
   m = _VALUE_RE.match(text)
   if not m:
-    raise ValueError(f'cannot parse value {text!r} (expected a number, a fraction a/b or a '
-                     'name)')
+    raise ValueError(
+        f'cannot parse value {text!r} (expected a number, a fraction a/b or a '
+        'name)'
+    )
   if m['ident']:
     return m['ident']
   if m['den'] is not None:
@@ -227,19 +326,28 @@ def _parse_value(text: str) -> Value:
   return int(m['num']) if re.fullmatch(r'-?\d+', m['num']) else float(m['num'])
 
 
-def _method_value(key: str, value: Value, method: Mapping[str, Any] | None) -> Value:
+def _method_value(
+    key: str, value: Value, method: Mapping[str, Any] | None
+) -> Value:
   """`value`, or the training method's value of `key` when value is the name 'method'."""
   if value != 'method':
     return value
   if method is None or method.get(key) is None:
-    known = ', '.join(sorted(k for k, v in (method or {}).items() if v is not None)) or 'none'
-    raise ValueError(f'{key}=method needs a training method with a {key!r} setting (config.method.'
-                     f'{key}); the method has: {known}. Give the value instead, e.g. '
-                     f"'--config.eval.attacks=pgd(eps=0.3, steps=20)'")
+    known = (
+        ', '.join(sorted(k for k, v in (method or {}).items() if v is not None))
+        or 'none'
+    )
+    raise ValueError(
+        f'{key}=method needs a training method with a {key!r} setting (config.method.'
+        f'{key}); the method has: {known}. Give the value instead, e.g. '
+        f"'--config.eval.attacks=pgd(eps=0.3, steps=20)'"
+    )
   return method[key]
 
 
-def parse_attack(spec: str, method: Mapping[str, Any] | None = None) -> AttackSpec:
+def parse_attack(
+    spec: str, method: Mapping[str, Any] | None = None
+) -> AttackSpec:
   """Parses an attack spec (no eval()).
 
   Grammar (whitespace is free around tokens):
@@ -265,7 +373,7 @@ def parse_attack(spec: str, method: Mapping[str, Any] | None = None) -> AttackSp
   m = _SPEC_RE.match(spec)
   try:
     if not m:
-      raise ValueError("expected name or name(key=value, ...)")
+      raise ValueError('expected name or name(key=value, ...)')
     name, body = m[1], m[2]
     params = []
     if body is not None and body.strip():
@@ -274,8 +382,14 @@ def parse_attack(spec: str, method: Mapping[str, Any] | None = None) -> AttackSp
         if not eq or not key.strip():
           raise ValueError(f'expected key=value, got {arg.strip()!r}')
         try:
-          params.append((key.strip(), _method_value(key.strip(), _parse_value(value.strip()),
-                                                    method)))
+          params.append(
+              (
+                  key.strip(),
+                  _method_value(
+                      key.strip(), _parse_value(value.strip()), method
+                  ),
+              )
+          )
         except ValueError as e:
           raise ValueError(f'{key.strip()}: {e}') from None
     return AttackSpec(name, tuple(params))
@@ -283,8 +397,9 @@ def parse_attack(spec: str, method: Mapping[str, Any] | None = None) -> AttackSp
     raise ValueError(f'invalid attack spec {spec!r}: {e}') from None
 
 
-def make_attack(spec: AttackSpec | str,
-                method: Mapping[str, Any] | None = None) -> Callable[..., jax.Array]:
+def make_attack(
+    spec: AttackSpec | str, method: Mapping[str, Any] | None = None
+) -> Callable[..., jax.Array]:
   """The attack of a spec as fn(logits_fn, rng, x, y) -> stop_gradient(x_adv).
 
   target=worst uses worst_target(logits_fn(x), y); target=random draws with the first half of
@@ -299,9 +414,13 @@ def make_attack(spec: AttackSpec | str,
   kwargs = spec.kwargs
   target_rule = kwargs.pop('target', None)
 
-  def fn(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+  def fn(
+      logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array
+  ) -> jax.Array:
     if target_rule == 'worst':
-      kwargs_t = dict(kwargs, target=worst_target(lax.stop_gradient(logits_fn(x)), y))
+      kwargs_t = dict(
+          kwargs, target=worst_target(lax.stop_gradient(logits_fn(x)), y)
+      )
     elif target_rule == 'random':
       k_target, rng = jax.random.split(rng)
       num_classes = jax.eval_shape(logits_fn, x).shape[-1]
@@ -315,7 +434,9 @@ def make_attack(spec: AttackSpec | str,
   return fn
 
 
-def autoattack_components(eps, norm: str = 'linf', version: str = 'standard') -> list[autoattack.Component]:
+def autoattack_components(
+    eps, norm: str = 'linf', version: str = 'standard'
+) -> list[autoattack.Component]:
   """The AutoAttack sequence at (eps, norm), in the order the reference runs it.
 
   eps is in pixel scale (an int, float or fractions.Fraction such as 8/255 from a parsed
@@ -327,8 +448,12 @@ def autoattack_components(eps, norm: str = 'linf', version: str = 'standard') ->
   """
   if norm not in NORMS:
     raise ValueError(f'unknown norm {norm!r}; valid norms: {", ".join(NORMS)}')
-  return [autoattack.Component(display, AttackSpec(name, dict(norm=norm, eps=eps, **params)))
-          for display, name, params in autoattack.settings(version)]
+  return [
+      autoattack.Component(
+          display, AttackSpec(name, dict(norm=norm, eps=eps, **params))
+      )
+      for display, name, params in autoattack.settings(version)
+  ]
 
 
 def autoattack_spec_components(spec) -> list[autoattack.Component]:

@@ -6,6 +6,7 @@ batch, one forward pass of the whole batch per query, per-example success masks 
 shrinking the batch to the points still robust, and squares built as masks from iota
 comparisons so that every shape is static under jit while the square size changes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,9 @@ from jaxadv.attacks.projections import NORMS, LogitsFn, l2_norm, project_linf
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
-def square_fraction(it: int, queries: int, p_init: float = 0.8, rescale: bool = True) -> float:
+def square_fraction(
+    it: int, queries: int, p_init: float = 0.8, rescale: bool = True
+) -> float:
   """The paper's schedule: the fraction p of the image that iteration `it` changes.
 
   p = p_init, halved after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000. With
@@ -37,13 +40,25 @@ def square_fraction(it: int, queries: int, p_init: float = 0.8, rescale: bool = 
   return p_init / 2 ** sum(it > t for t in _P_HALVINGS)
 
 
-def square_sizes(queries: int, height: int, width: int, norm: str, p_init: float = 0.8,
-                 rescale: bool = True) -> np.ndarray:
+def square_sizes(
+    queries: int,
+    height: int,
+    width: int,
+    norm: str,
+    p_init: float = 0.8,
+    rescale: bool = True,
+) -> np.ndarray:
   """Side length in pixels of each iteration's square, int (queries,): round(sqrt(p H W)),
   at least 1 (L-inf) or the odd number >= 3 (L2), at most min(H, W)."""
   sizes = np.empty(queries, np.int32)
   for it in range(queries):
-    s = int(round(math.sqrt(square_fraction(it, queries, p_init, rescale) * height * width)))
+    s = int(
+        round(
+            math.sqrt(
+                square_fraction(it, queries, p_init, rescale) * height * width
+            )
+        )
+    )
     if norm == 'l2':
       s = max(s, 3)
       s += s % 2 == 0
@@ -71,7 +86,9 @@ def _window(top, left, size, height, width):
   cols = jnp.arange(width)[None, :] - left[:, None]
   in_rows = (rows >= 0) & (rows < size)
   in_cols = (cols >= 0) & (cols < size)
-  return (in_rows[:, :, None] & in_cols[:, None, :])[..., None].astype(jnp.float32)
+  return (in_rows[:, :, None] & in_cols[:, None, :])[..., None].astype(
+      jnp.float32
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,22 +97,27 @@ def _window(top, left, size, height, width):
 
 def _rings(rows: int, cols: int) -> np.ndarray:
   """Concentric rectangles around the centre (rows // 2, cols // 2) of a rows x cols patch:
-  ring k (Chebyshev distance k) and everything inside it gets 1 / (k + 1)^2 more. Unit L2."""
+  ring k (Chebyshev distance k) and everything inside it gets 1 / (k + 1)^2 more. Unit L2.
+  """
   if rows == 0:
     return np.zeros((0, cols))
   i, j = np.ogrid[:rows, :cols]
   dist = np.maximum(np.abs(i - rows // 2), np.abs(j - cols // 2))
   num_rings = max(rows // 2, cols // 2) + 1
-  tail = np.cumsum(1.0 / np.arange(num_rings, 0, -1) ** 2)[::-1]  # sum_{k>=d} 1/(k+1)^2
+  tail = np.cumsum(1.0 / np.arange(num_rings, 0, -1) ** 2)[
+      ::-1
+  ]  # sum_{k>=d} 1/(k+1)^2
   out = tail[dist]
-  return out / max(np.sqrt(np.sum(out ** 2)), TINY)
+  return out / max(np.sqrt(np.sum(out**2)), TINY)
 
 
 def _bump(size: int) -> np.ndarray:
   """The L2 update pattern of a size x size square: rings with + in the top half and - in the
   bottom half, unit L2 norm."""
-  out = np.concatenate([_rings(size // 2, size), -_rings(size - size // 2, size)])
-  return out / np.sqrt(np.sum(out ** 2))
+  out = np.concatenate(
+      [_rings(size // 2, size), -_rings(size - size // 2, size)]
+  )
+  return out / np.sqrt(np.sum(out**2))
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,8 +137,11 @@ def _place(patterns, transpose, top, left):
   rows = jnp.arange(height)[None, :] - top[:, None]
   cols = jnp.arange(width)[None, :] - left[:, None]
   valid = (rows >= 0)[:, :, None] & (cols >= 0)[:, None, :]
-  picked = patterns[transpose.astype(jnp.int32)[:, None, None],
-                    jnp.maximum(rows, 0)[:, :, None], jnp.maximum(cols, 0)[:, None, :]]
+  picked = patterns[
+      transpose.astype(jnp.int32)[:, None, None],
+      jnp.maximum(rows, 0)[:, :, None],
+      jnp.maximum(cols, 0)[:, None, :],
+  ]
   return jnp.where(valid, picked, 0.0)[..., None]
 
 
@@ -138,23 +163,30 @@ def _init_linf(rng, x, eps):
 
 def _init_l2(rng, x, eps):
   """A 5 x 5 grid of bumps of side H // 5, each with a random sign per example and channel
-  (and, unlike the reference, a random transpose per example), scaled to L2 norm eps."""
+  (and, unlike the reference, a random transpose per example), scaled to L2 norm eps.
+  """
   b, h, w, c = x.shape
   s = max(h // 5, 1)  # the reference needs H >= 5
   start = max((h - 5 * s) // 2, 0)
-  tiles = [(start + s * r, start + s * q) for r in range(h // s) for q in range(w // s)
-           if start + s * (r + 1) <= h and start + s * (q + 1) <= w]
+  tiles = [
+      (start + s * r, start + s * q)
+      for r in range(h // s)
+      for q in range(w // s)
+      if start + s * (r + 1) <= h and start + s * (q + 1) <= w
+  ]
   tile_id = np.full((h, w), len(tiles), np.int32)  # len(tiles) = no tile
   plain = np.zeros((h, w), np.float32)
   flipped = np.zeros((h, w), np.float32)
   for n, (r0, q0) in enumerate(tiles):
-    tile_id[r0:r0 + s, q0:q0 + s] = n
-    plain[r0:r0 + s, q0:q0 + s] = _bump(s)
-    flipped[r0:r0 + s, q0:q0 + s] = _bump(s).T
+    tile_id[r0 : r0 + s, q0 : q0 + s] = n
+    plain[r0 : r0 + s, q0 : q0 + s] = _bump(s)
+    flipped[r0 : r0 + s, q0 : q0 + s] = _bump(s).T
   k_sign, k_transpose = jax.random.split(rng)
   sign = jax.random.rademacher(k_sign, (b, len(tiles) + 1, c), x.dtype)
   transpose = jax.random.bernoulli(k_transpose, 0.5, (b, len(tiles) + 1))
-  pattern = jnp.where(transpose[:, tile_id], flipped, plain)[..., None]  # (b, H, W, 1)
+  pattern = jnp.where(transpose[:, tile_id], flipped, plain)[
+      ..., None
+  ]  # (b, H, W, 1)
   delta = pattern * sign[:, tile_id, :]
   return jnp.clip(x + delta * eps / (l2_norm(delta) + TINY), 0.0, 1.0)
 
@@ -181,11 +213,16 @@ def _step_l2(rng, x, x_best, eps, size, level, table):
   window2 = _window(*_corners(k_pos2, b, size, h, w), size, h, w)
   both = jnp.maximum(window1, window2)
   delta = x_best - x
-  budget = jnp.sqrt(jnp.maximum(eps ** 2 - jnp.square(l2_norm(delta)), 0.0) / c
-                    + jnp.square(_hw_norm(delta * both)))
-  bump = _place(table[level], jax.random.bernoulli(k_transpose, 0.5, (b,)), top, left)
-  new = (bump * jax.random.rademacher(k_sign, (b, 1, 1, c), x.dtype)
-         + delta * window1 / (_hw_norm(delta * window1) + TINY))
+  budget = jnp.sqrt(
+      jnp.maximum(eps**2 - jnp.square(l2_norm(delta)), 0.0) / c
+      + jnp.square(_hw_norm(delta * both))
+  )
+  bump = _place(
+      table[level], jax.random.bernoulli(k_transpose, 0.5, (b,)), top, left
+  )
+  new = bump * jax.random.rademacher(
+      k_sign, (b, 1, 1, c), x.dtype
+  ) + delta * window1 / (_hw_norm(delta * window1) + TINY)
   new = new / (_hw_norm(new) + TINY) * budget
   delta = delta * (1.0 - both) + new
   return jnp.clip(x + delta * eps / (l2_norm(delta) + TINY), 0.0, 1.0)
@@ -198,9 +235,22 @@ _NORM_STEPS = {'linf': (_init_linf, _step_linf), 'l2': (_init_l2, _step_l2)}
 # The query loop.
 
 
-def _square_run(logits_fn, rng, x, objective, success, *, eps, norm, queries, p_init, rescale):
+def _square_run(
+    logits_fn,
+    rng,
+    x,
+    objective,
+    success,
+    *,
+    eps,
+    norm,
+    queries,
+    p_init,
+    rescale,
+):
   """One run of `queries` iterations; returns, per example, the first successful point, else
-  the highest-objective point found, (b, H, W, C). Examples misclassified at x keep x."""
+  the highest-objective point found, (b, H, W, C). Examples misclassified at x keep x.
+  """
   init, step = _NORM_STEPS[norm]
   b, h, w, c = x.shape
   sizes = square_sizes(queries, h, w, norm, p_init, rescale)
@@ -218,18 +268,32 @@ def _square_run(logits_fn, rng, x, objective, success, *, eps, norm, queries, p_
 
   def body(s):
     i, x_best, f_best, done = s
-    x_new = step(jax.random.fold_in(k_loop, i), x, x_best, eps, sizes[i], levels[i], table)
+    x_new = step(
+        jax.random.fold_in(k_loop, i),
+        x,
+        x_best,
+        eps,
+        sizes[i],
+        levels[i],
+        table,
+    )
     logits = logits_fn(x_new)
     f_new, ok = objective(logits), success(logits)
     # A candidate replaces the best point when it raises the objective or succeeds; points
     # that succeeded are frozen.
     accept = ~done & ((f_new > f_best) | ok)
-    return (i + 1, jnp.where(accept[:, None, None, None], x_new, x_best),
-            jnp.where(accept, f_new, f_best), done | (accept & ok))
+    return (
+        i + 1,
+        jnp.where(accept[:, None, None, None], x_new, x_best),
+        jnp.where(accept, f_new, f_best),
+        done | (accept & ok),
+    )
 
   # Stops early when every example has succeeded (the reference's break).
   cond = lambda s: (s[0] < queries) & ~jnp.all(s[3])
-  _, x_best, _, _ = lax.while_loop(cond, body, (jnp.int32(0), x_best, f_best, done))
+  _, x_best, _, _ = lax.while_loop(
+      cond, body, (jnp.int32(0), x_best, f_best, done)
+  )
   return x_best
 
 
@@ -238,16 +302,31 @@ def _check_square(x, norm, queries, p_init):
     raise ValueError(f'unknown norm {norm!r}; valid norms: {", ".join(NORMS)}')
   if x.ndim != 4:
     raise ValueError(f'square needs images (b, H, W, C), got shape {x.shape}')
-  if not isinstance(queries, (int, np.integer)) or isinstance(queries, bool) or queries < 1:
+  if (
+      not isinstance(queries, (int, np.integer))
+      or isinstance(queries, bool)
+      or queries < 1
+  ):
     raise ValueError(f'queries must be a positive int, got {queries!r}')
   if not 0 < p_init <= 1:
     raise ValueError(f'p_init must be in (0, 1], got {p_init}')
 
 
-def square(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
-           norm: str = 'linf', queries: int = 5000, p_init: float = 0.8, restarts: int = 1,
-           loss: str | None = None, target: jax.Array | None = None,
-           rescale_schedule: bool = True) -> jax.Array:
+def square(
+    logits_fn: LogitsFn,
+    rng: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    eps,
+    norm: str = 'linf',
+    queries: int = 5000,
+    p_init: float = 0.8,
+    restarts: int = 1,
+    loss: str | None = None,
+    target: jax.Array | None = None,
+    rescale_schedule: bool = True,
+) -> jax.Array:
   """Square Attack (Andriushchenko et al. 2020): random search over square-shaped updates that
   uses only the logits, never gradients, so gradient masking does not stop it.
 
@@ -284,7 +363,19 @@ def square(logits_fn: LogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, e
   _check_square(x, norm, queries, p_init)
   loss = ('cw' if target is None else 'ce') if loss is None else loss
   objective, success = objective_fn(loss, y, target), success_fn(y, target)
-  run = lambda key: _square_run(logits_fn, key, x, objective, success, eps=eps, norm=norm,
-                                queries=queries, p_init=p_init, rescale=rescale_schedule)
-  x_adv, _, _ = best_of_restarts(run, logits_fn, objective, success, rng, x, restarts, 'loop')
+  run = lambda key: _square_run(
+      logits_fn,
+      key,
+      x,
+      objective,
+      success,
+      eps=eps,
+      norm=norm,
+      queries=queries,
+      p_init=p_init,
+      rescale=rescale_schedule,
+  )
+  x_adv, _, _ = best_of_restarts(
+      run, logits_fn, objective, success, rng, x, restarts, 'loop'
+  )
   return lax.stop_gradient(x_adv)

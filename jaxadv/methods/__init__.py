@@ -35,6 +35,7 @@ permutation for shuffled BatchNorm). metrics are (sum, count) pairs over the
 local batch. Adding a method is one module here plus an entry in METHODS;
 the trainer never changes.
 """
+
 import dataclasses
 import importlib
 from typing import Any, NamedTuple
@@ -52,6 +53,7 @@ METHODS = {
 
 class StepRngs(NamedTuple):
   """Keys of one train step: `device` per device, `shared` on all devices."""
+
   device: jax.Array
   shared: jax.Array
 
@@ -59,6 +61,7 @@ class StepRngs(NamedTuple):
 @dataclasses.dataclass
 class Parts:
   """What a method's init adds to the train state."""
+
   nets: dict[str, Any] = dataclasses.field(default_factory=dict)
   frozen: dict[str, Any] = dataclasses.field(default_factory=dict)
   method_state: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -71,8 +74,10 @@ def list_methods():
 def get_method(name):
   """The method module registered under `name`."""
   if name not in METHODS:
-    raise ValueError(f"unknown method '{name}' (config.method.name); valid: "
-                     f"{', '.join(list_methods())}")
+    raise ValueError(
+        f"unknown method '{name}' (config.method.name); valid: "
+        f"{', '.join(list_methods())}"
+    )
   return importlib.import_module(METHODS[name])
 
 

@@ -5,6 +5,7 @@ A method's `train_step(state, batch, rngs)` sees a local shard of the batch
 when the trainer runs it under shard_map; `ctx.axis_name` (None outside a
 mesh) is where gradients and BatchNorm statistics are averaged.
 """
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,7 +17,8 @@ from jaxadv.errors import ConfigError
 def cross_entropy(logits, labels):
   """Per-example softmax cross-entropy, float32, shape (b,)."""
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
+      logits.astype(jnp.float32), labels
+  )
 
 
 def forward(net, params, x, *, train, adv=False):
@@ -31,12 +33,14 @@ def forward(net, params, x, *, train, adv=False):
   variables = net.variables(params)
   if not train:
     return net.apply_fn(variables, x, train=False, adv=adv), {}
-  collection = ('batch_stats_adv' if adv and net.batch_stats_adv
-                else 'batch_stats')
+  collection = (
+      'batch_stats_adv' if adv and net.batch_stats_adv else 'batch_stats'
+  )
   if collection not in variables:  # a model without BatchNorm
     return net.apply_fn(variables, x, train=True, adv=adv), {}
-  logits, updates = net.apply_fn(variables, x, train=True, adv=adv,
-                                 mutable=[collection])
+  logits, updates = net.apply_fn(
+      variables, x, train=True, adv=adv, mutable=[collection]
+  )
   return logits, dict(updates)
 
 
@@ -90,6 +94,7 @@ def accuracy_metrics(state, batch):
 # ----------------------------------------------------------------------------
 # Adversarial training on crafted inputs (pgd, fast) and method-key checks.
 
+
 def attack_logits_fn(state, params=None, *, bn='eval', adv=False):
   """`x -> logits` closure for crafting a training attack.
 
@@ -105,8 +110,9 @@ def attack_logits_fn(state, params=None, *, bn='eval', adv=False):
   return lambda x: forward(state, params, x, train=True, adv=adv)[0]
 
 
-def adversarial_train_step(state, batch, rng, *, adversarial_examples,
-                           clean_weight, axis_name):
+def adversarial_train_step(
+    state, batch, rng, *, adversarial_examples, clean_weight, axis_name
+):
   """One update on (1 - w) CE(x_adv) + w CE(x), w = clean_weight (static).
 
   adversarial_examples(state, x, y, rng) -> x_adv (b, H, W, C) in [0, 1]
@@ -134,10 +140,10 @@ def adversarial_train_step(state, batch, rng, *, adversarial_examples,
     return loss.mean(), (loss, logits, {**stats, **adv_stats}, out)
 
   grads, (loss, logits, stats, out) = jax.grad(loss_fn, has_aux=True)(
-      state.params)
+      state.params
+  )
   state = apply_update(state, grads, stats, axis_name)
-  metrics = {'loss': summed(loss),
-             'adv_accuracy': summed(correct(logits, y))}
+  metrics = {'loss': summed(loss), 'adv_accuracy': summed(correct(logits, y))}
   if clean_weight > 0:
     metrics['accuracy'] = summed(correct(out['clean_logits'], y))
   return state, metrics
@@ -161,8 +167,10 @@ def check_method_keys(config, allowed):
   """Unknown keys beside config.method.name (typos such as 'step') fail."""
   unknown = sorted(set(config.method.keys()) - set(allowed) - {'name'})
   if unknown:
-    _error(f"config.method.{unknown[0]} is not a key of method "
-           f"'{config.method.name}'; valid: {', '.join(sorted(allowed))}")
+    _error(
+        f'config.method.{unknown[0]} is not a key of method '
+        f"'{config.method.name}'; valid: {', '.join(sorted(allowed))}"
+    )
 
 
 def check_eps(config, norm='linf'):
@@ -171,8 +179,10 @@ def check_eps(config, norm='linf'):
   if not _is_number(eps) or eps <= 0:
     _error(f'config.method.eps={eps!r} must be > 0 (pixel scale, e.g. 8/255)')
   if norm == 'linf' and eps > 1:
-    _error(f'config.method.eps={eps!r} must be <= 1 for norm=linf (pixel '
-           'scale: 8/255, not 8)')
+    _error(
+        f'config.method.eps={eps!r} must be <= 1 for norm=linf (pixel '
+        'scale: 8/255, not 8)'
+    )
 
 
 def check_positive(config, key, integer=False, required=False):
@@ -183,8 +193,10 @@ def check_positive(config, key, integer=False, required=False):
     return
   ok = isinstance(v, int) if integer else _is_number(v)
   if not ok or isinstance(v, bool) or v <= 0:
-    _error(f'config.method.{key}={v!r} must be a positive '
-           f'{"integer" if integer else "number"}')
+    _error(
+        f'config.method.{key}={v!r} must be a positive '
+        f'{"integer" if integer else "number"}'
+    )
 
 
 def check_nonnegative(config, key):
@@ -197,8 +209,10 @@ def check_nonnegative(config, key):
 def check_choice(config, key, choices, default):
   v = method_value(config, key, default)
   if v not in choices:
-    _error(f'config.method.{key}={v!r}; valid: '
-           f'{", ".join(str(c) for c in choices)}')
+    _error(
+        f'config.method.{key}={v!r}; valid: '
+        f'{", ".join(str(c) for c in choices)}'
+    )
 
 
 def check_fraction(config, key):
@@ -211,8 +225,9 @@ def training_attack(name, settings, keys):
   """The attack a method trains on, built once outside jit from its resolved
   settings: (AttackSpec, fn(logits_fn, rng, x, y) -> x_adv). The spec is the
   one evaluation parses, so defaults come from the attack functions."""
-  spec = attacks.AttackSpec(name, tuple((k, settings[k]) for k in keys
-                                        if settings.get(k) is not None))
+  spec = attacks.AttackSpec(
+      name, tuple((k, settings[k]) for k in keys if settings.get(k) is not None)
+  )
   return spec, attacks.make_attack(spec)
 
 
@@ -220,8 +235,10 @@ def adversarial_examples_fn(attack, bn):
   """fn(state, x, y, rng) -> x_adv: `attack` (training_attack's fn) against
   the main network, BatchNorm per `bn` ('train' | 'eval', see
   attack_logits_fn), on the adversarial BatchNorm set where there is one."""
+
   def adversarial_examples(state, x, y, rng):
     return attack(attack_logits_fn(state, bn=bn, adv=True), rng, x, y)
+
   return adversarial_examples
 
 
@@ -229,10 +246,16 @@ def attack_then_train_step(adversarial_examples, settings, axis_name):
   """train_step(state, batch, rngs) of a method that crafts inputs with
   adversarial_examples(state, x, y, rng) from the device key, then trains on
   them (adversarial_train_step with settings['clean_weight'])."""
+
   def train_step(state, batch, rngs):
     return adversarial_train_step(
-        state, batch, rngs.device, adversarial_examples=adversarial_examples,
-        clean_weight=settings['clean_weight'], axis_name=axis_name)
+        state,
+        batch,
+        rngs.device,
+        adversarial_examples=adversarial_examples,
+        clean_weight=settings['clean_weight'],
+        axis_name=axis_name,
+    )
 
   return train_step
 

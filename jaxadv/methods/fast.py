@@ -18,6 +18,7 @@ Method keys (config.method):
                 (default True, as Wong et al.'s CIFAR code; their MNIST code
                 does not, see configs/mnist_fast.py).
 """
+
 import functools
 
 from jaxadv import attacks
@@ -47,16 +48,23 @@ def settings(config):
   v = functools.partial(common.method_value, config)
   eps, norm = float(v('eps')), v('norm', 'linf')
   step_size = v('step_size', L2_ALPHA * eps if norm == 'l2' else None)
-  return dict(eps=eps, norm=norm,
-              step_size=None if step_size is None else float(step_size),
-              clean_weight=float(v('clean_weight', 0.0)),
-              attack_bn=v('attack_bn', 'train'),
-              clip_start=bool(v('clip_start', True)))
+  return dict(
+      eps=eps,
+      norm=norm,
+      step_size=None if step_size is None else float(step_size),
+      clean_weight=float(v('clean_weight', 0.0)),
+      attack_bn=v('attack_bn', 'train'),
+      clip_start=bool(v('clip_start', True)),
+  )
 
 
 # The method's step_size is FGSM-RS's alpha.
-ATTACK_KEYS = {'norm': 'norm', 'eps': 'eps', 'alpha': 'step_size',
-               'clip_start': 'clip_start'}
+ATTACK_KEYS = {
+    'norm': 'norm',
+    'eps': 'eps',
+    'alpha': 'step_size',
+    'clip_start': 'clip_start',
+}
 
 
 def make_adversarial_examples(ctx):
@@ -65,7 +73,8 @@ def make_adversarial_examples(ctx):
   the eps ball of x. The attack is built once, here, outside jit."""
   s = ctx.settings
   _, attack = common.training_attack(
-      'fgsm_rs', {k: s[v] for k, v in ATTACK_KEYS.items()}, ATTACK_KEYS)
+      'fgsm_rs', {k: s[v] for k, v in ATTACK_KEYS.items()}, ATTACK_KEYS
+  )
   return common.adversarial_examples_fn(attack, s['attack_bn'])
 
 
@@ -75,5 +84,6 @@ def make_train_step(ctx):
   batch: {'image': float (b, H, W, C) in [0, 1], 'label': int (b,)}.
   metrics: 'loss', 'adv_accuracy' (+ clean 'accuracy' if clean_weight > 0).
   """
-  return common.attack_then_train_step(make_adversarial_examples(ctx),
-                                       ctx.settings, ctx.axis_name)
+  return common.attack_then_train_step(
+      make_adversarial_examples(ctx), ctx.settings, ctx.axis_name
+  )

@@ -17,6 +17,7 @@ Method keys (config.method):
   step_size  signed step on delta (default eps).
 BatchNorm runs in train mode in every replay (each is a training step).
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -49,8 +50,11 @@ def trains_clean_bn(config):
 def settings(config):
   """Resolved method keys (step_size defaults to eps)."""
   eps = float(config.method.eps)
-  return dict(eps=eps, replays=int(config.method.replays),
-              step_size=float(common.method_value(config, 'step_size', eps)))
+  return dict(
+      eps=eps,
+      replays=int(config.method.replays),
+      step_size=float(common.method_value(config, 'step_size', eps)),
+  )
 
 
 def init(ctx, rng):
@@ -76,15 +80,20 @@ def free_replay(state, x, y, *, eps, step_size, axis_name=None):
     return loss.mean(), (loss, logits, stats)
 
   (_, (loss, logits, stats)), (g_params, g_delta) = jax.value_and_grad(
-      loss_fn, argnums=(0, 1), has_aux=True)(state.params, delta)
+      loss_fn, argnums=(0, 1), has_aux=True
+  )(state.params, delta)
   delta = jnp.clip(delta + step_size * jnp.sign(g_delta), -eps, eps)
-  method_state = {**state.method_state,
-                  'per_example': {**state.method_state['per_example'],
-                                  'delta': delta}}
-  state = common.apply_update(state, g_params, stats, axis_name,
-                              method_state=method_state)
-  return state, {'loss': common.summed(loss),
-                 'adv_accuracy': common.summed(common.correct(logits, y))}
+  method_state = {
+      **state.method_state,
+      'per_example': {**state.method_state['per_example'], 'delta': delta},
+  }
+  state = common.apply_update(
+      state, g_params, stats, axis_name, method_state=method_state
+  )
+  return state, {
+      'loss': common.summed(loss),
+      'adv_accuracy': common.summed(common.correct(logits, y)),
+  }
 
 
 def make_train_step(ctx):
@@ -100,11 +109,19 @@ def make_train_step(ctx):
     x, y = batch['image'], batch['label']
     total = None
     for _ in range(s['replays']):
-      state, metrics = free_replay(state, x, y, eps=s['eps'],
-                                   step_size=s['step_size'],
-                                   axis_name=axis_name)
-      total = metrics if total is None else jax.tree_util.tree_map(
-          jnp.add, total, metrics)
+      state, metrics = free_replay(
+          state,
+          x,
+          y,
+          eps=s['eps'],
+          step_size=s['step_size'],
+          axis_name=axis_name,
+      )
+      total = (
+          metrics
+          if total is None
+          else jax.tree_util.tree_map(jnp.add, total, metrics)
+      )
     return state, total
 
   return train_step

@@ -27,6 +27,7 @@ Method keys (config.method):
 Cost: a GREAT step is the main forward/backward, the backward of the input
 gradient (double backprop) and one auxiliary forward/backward (bench).
 """
+
 import functools
 
 import jax
@@ -39,13 +40,27 @@ from jaxadv import optim
 from jaxadv.errors import ConfigError
 from jaxadv.methods import common
 
-KEYS = ('variant', 'alpha_max', 'beta_max', 'aux_model', 'aux_activation',
-        'aux_kwargs', 'aux_optim')
+KEYS = (
+    'variant',
+    'alpha_max',
+    'beta_max',
+    'aux_model',
+    'aux_activation',
+    'aux_kwargs',
+    'aux_optim',
+)
 # The auxiliary network's architecture and optimizer shape the checkpoint.
-RESTORE_KEYS = ('method.aux_model', 'method.aux_kwargs', 'method.aux_activation',
-                'method.aux_optim.name')
-VARIANTS = {'great': (True, False), 'greace': (False, True),
-            'both': (True, True)}  # -> (use_great, use_greace)
+RESTORE_KEYS = (
+    'method.aux_model',
+    'method.aux_kwargs',
+    'method.aux_activation',
+    'method.aux_optim.name',
+)
+VARIANTS = {
+    'great': (True, False),
+    'greace': (False, True),
+    'both': (True, True),
+}  # -> (use_great, use_greace)
 AUX_OPTIM = dict(name='adam', lr=1e-3, schedule='poly', poly_power=0.9)
 
 
@@ -57,15 +72,18 @@ def validate(config):
     common.check_nonnegative(config, key)
   aux = settings(config)
   if aux['aux_model'] not in models.MODELS:
-    raise ConfigError(f"config.method.aux_model='{aux['aux_model']}'; valid: "
-                      f"'' (the main architecture), "
-                      f"{', '.join(sorted(models.MODELS))}")
+    raise ConfigError(
+        f"config.method.aux_model='{aux['aux_model']}'; valid: "
+        f"'' (the main architecture), "
+        f"{', '.join(sorted(models.MODELS))}"
+    )
   o = aux['aux_optim']
   if o.name not in optim.OPTIMIZERS or o.schedule not in optim.SCHEDULES:
     raise ConfigError(
         f"config.method.aux_optim: name='{o.name}', schedule='{o.schedule}'; "
         f"valid names: {', '.join(optim.OPTIMIZERS)}; schedules: "
-        f"{', '.join(optim.SCHEDULES)}")
+        f"{', '.join(optim.SCHEDULES)}"
+    )
 
 
 def settings(config):
@@ -77,21 +95,31 @@ def settings(config):
   aux_optim.groups = ml_collections.ConfigDict()
   aux_optim.update(dict(v('aux_optim', {})))
   aux_model = v('aux_model', '') or config.model.name
-  default_kwargs = dict(config.model.kwargs) if aux_model == (
-      config.model.name) else {}
-  return dict(variant=v('variant', 'both'),
-              alpha_max=float(v('alpha_max', 1.0)),
-              beta_max=float(v('beta_max', 2.0)), aux_model=aux_model,
-              aux_activation=v('aux_activation', 'leaky_relu'),
-              aux_kwargs=dict(v('aux_kwargs', default_kwargs)),
-              aux_optim=aux_optim)
+  default_kwargs = (
+      dict(config.model.kwargs) if aux_model == (config.model.name) else {}
+  )
+  return dict(
+      variant=v('variant', 'both'),
+      alpha_max=float(v('alpha_max', 1.0)),
+      beta_max=float(v('beta_max', 2.0)),
+      aux_model=aux_model,
+      aux_activation=v('aux_activation', 'leaky_relu'),
+      aux_kwargs=dict(v('aux_kwargs', default_kwargs)),
+      aux_optim=aux_optim,
+  )
 
 
 def init(ctx, rng):
   """The auxiliary network: input g (image-shaped), no normalization."""
   s = ctx.settings
-  aux = ctx.network(rng, s['aux_optim'], s['aux_model'], normalize=False,
-                    activation=s['aux_activation'], **s['aux_kwargs'])
+  aux = ctx.network(
+      rng,
+      s['aux_optim'],
+      s['aux_model'],
+      normalize=False,
+      activation=s['aux_activation'],
+      **s['aux_kwargs'],
+  )
   return methods.Parts(nets={'aux': aux})
 
 
@@ -118,14 +146,22 @@ def make_train_step(ctx):
       return ga.great_losses(
           lambda v: common.forward(state, params, v, train=True),
           lambda g: common.forward(aux_net, aux_params, g, train=True),
-          x, y, alpha=alpha, beta=beta, use_great=use_great,
-          use_greace=use_greace, has_aux=True)
+          x,
+          y,
+          alpha=alpha,
+          beta=beta,
+          use_great=use_great,
+          use_greace=use_greace,
+          has_aux=True,
+      )
 
     (g_main, g_aux), out = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        state.params, aux_net.params)
+        state.params, aux_net.params
+    )
     aux_net = common.update_network(aux_net, g_aux, out.aux_aux, axis)
-    state = common.apply_update(state.with_net('aux', aux_net), g_main,
-                                out.main_aux, axis)
+    state = common.apply_update(
+        state.with_net('aux', aux_net), g_main, out.main_aux, axis
+    )
     ones = jax.numpy.ones_like(out.aux_loss)
     return state, {
         'loss': common.summed(out.cls_loss),
@@ -133,6 +169,7 @@ def make_train_step(ctx):
         'aux_loss': common.summed(out.aux_loss),
         'aux_accuracy': common.summed(common.correct(out.aux_logits, y)),
         'alpha': common.summed(alpha * ones),
-        'beta': common.summed(beta * ones)}
+        'beta': common.summed(beta * ones),
+    }
 
   return train_step

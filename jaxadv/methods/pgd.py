@@ -15,13 +15,21 @@ Method keys (config.method):
                 statistics updates are discarded) or 'eval' (default 'train').
 Cost: K + 1 forward/backward passes per step.
 """
+
 import functools
 
 from jaxadv import attacks
 from jaxadv.methods import common
 
-KEYS = ('eps', 'steps', 'step_size', 'norm', 'random_start', 'clean_weight',
-        'attack_bn')
+KEYS = (
+    'eps',
+    'steps',
+    'step_size',
+    'norm',
+    'random_start',
+    'clean_weight',
+    'attack_bn',
+)
 
 
 def validate(config):
@@ -43,11 +51,16 @@ def settings(config):
   """Resolved method keys as a dict (defaults filled in)."""
   v = functools.partial(common.method_value, config)
   step_size = v('step_size')  # None: the attack's default, 2.5 eps / K
-  return dict(eps=float(v('eps')), steps=int(v('steps')),
-              step_size=None if step_size is None else float(step_size),
-              norm=v('norm', 'linf'), random_start=bool(v('random_start', True)),
-              clean_weight=float(v('clean_weight', 0.0)), keep_best=False,
-              attack_bn=v('attack_bn', 'train'))
+  return dict(
+      eps=float(v('eps')),
+      steps=int(v('steps')),
+      step_size=None if step_size is None else float(step_size),
+      norm=v('norm', 'linf'),
+      random_start=bool(v('random_start', True)),
+      clean_weight=float(v('clean_weight', 0.0)),
+      keep_best=False,
+      attack_bn=v('attack_bn', 'train'),
+  )
 
 
 # keep_best=False: train on the final iterate, as Madry et al.
@@ -69,5 +82,6 @@ def make_train_step(ctx):
   metrics: 'loss', 'adv_accuracy' (+ clean 'accuracy' if clean_weight > 0),
   each (sum, count) over the local batch.
   """
-  return common.attack_then_train_step(make_adversarial_examples(ctx),
-                                       ctx.settings, ctx.axis_name)
+  return common.attack_then_train_step(
+      make_adversarial_examples(ctx), ctx.settings, ctx.axis_name
+  )

@@ -1,4 +1,5 @@
 """Standard (natural) training: cross-entropy on clean inputs."""
+
 import jax
 
 from jaxadv.methods import common
@@ -26,10 +27,11 @@ def make_train_step(ctx):
       loss = common.cross_entropy(logits, y)
       return loss.mean(), (loss, logits, stats)
 
-    grads, (loss, logits, stats) = jax.grad(loss_fn, has_aux=True)(
-        state.params)
+    grads, (loss, logits, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     state = common.apply_update(state, grads, stats, axis_name)
-    return state, {'loss': common.summed(loss),
-                   'accuracy': common.summed(common.correct(logits, y))}
+    return state, {
+        'loss': common.summed(loss),
+        'accuracy': common.summed(common.correct(logits, y)),
+    }
 
   return train_step
