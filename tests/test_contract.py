@@ -79,6 +79,20 @@ def make_train_step(ctx):
   return train_step
 
 
+def eval_metrics(ctx):
+  del ctx
+
+  def metrics(state, batch):  # the main network's accuracy and the aux's
+    out = common.accuracy_metrics(state, batch)
+    aux = state.nets['aux'].logits_fn()(batch['image'])
+    out['aux_accuracy'] = common.summed(
+        common.correct(aux, batch['label']), batch['mask']
+    )
+    return out
+
+  return metrics
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -145,6 +159,9 @@ def test_kill_and_resume_is_bit_identical_and_frozen_is_never_saved(
   config = _config(tiny_data_dir, teacher_dir)
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
   assert full['status'] == 'completed'
+  # The method's eval_metrics are what the trainer evaluates and logs.
+  assert 0.0 <= full['test_aux_accuracy'] <= 1.0
+  assert 'test_aux_accuracy' in full['history'][-1]
 
   real_chunks = data.train_chunks
   calls = {'n': 0}
