@@ -78,7 +78,7 @@ for stage in "$@"; do
     mnistpgd) train mnist_pgd configs/mnist_pgd.py ;;
     mnistfast) train mnist_fast configs/mnist_fast.py ;;
     kappa)
-      $PY -m jaxadv.attacker_strength --config configs/mnist_pgd.py --workdir "$RUNS/kappa" \
+      $PY -m jaxadv.tools.attacker_strength --config configs/mnist_pgd.py --workdir "$RUNS/kappa" \
         --kappas ${KAPPAS:-1,2,4,8,16} --num_examples 1000 --config.num_epochs=${KAPPA_EPOCHS:-16} \
         --config.progress=False 2>&1 | tee -a "$LOG"
       cp "$RUNS/kappa/table1.md" "$OUT/" 2>/dev/null || true ;;
@@ -88,7 +88,7 @@ for stage in "$@"; do
       train c10_pgd_l2 configs/cifar10_pgd_l2.py
       dirs="$RUNS/c10_fast_l2,$RUNS/c10_pgd_l2"
       [[ -f "$RUNS/c10_standard/results.json" ]] && dirs="$RUNS/c10_standard,$dirs"
-      $PY -m jaxadv.sweep --workdirs "$dirs" \
+      $PY -m jaxadv.tools.sweep --workdirs "$dirs" \
         --attack 'pgd(norm=l2, steps=20, restarts=2)' --eps 0,0.25,0.5,0.75,1,1.25,1.5,2 \
         --num_examples 5000 --out "$RUNS/l2_sweep" 2>&1 | tee -a "$LOG"
       cp "$RUNS/l2_sweep/sweep.png" "$RUNS/l2_sweep/sweep.md" "$OUT/" 2>/dev/null || true ;;

@@ -74,12 +74,12 @@ def fake_dataset(config, n):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n,) + info.image_shape, dtype=np.uint8)
   labels = rng.integers(0, info.num_classes, (n,), dtype=np.int32)
-  return data.Dataset(
-      name=config.data.name,
-      train_images=images,
-      train_labels=labels,
-      test_images=images[:8],
-      test_labels=labels[:8],
+  return data.Dataset.from_arrays(
+      config.data.name,
+      images,
+      labels,
+      images[:8],
+      labels[:8],
       num_classes=info.num_classes,
       mean=info.mean,
       std=info.std,
@@ -151,17 +151,26 @@ def time_method(config, ds, mesh, steps):
   b = config.batch_size
   batch = P(None, parallel.AXIS)
   if on_device:
+    arrays = ds.train.arrays
     resident = parallel.put_global(
-        (ds.train_images, ds.train_labels), mesh, (P(), P())
+        arrays, mesh, jax.tree_util.tree_map(lambda _: P(), arrays)
     )
     index = np.arange(spc * b, dtype=np.int32).reshape(spc, b)
-    args = (*resident, parallel.put_local_batch(index, mesh, batch))
-    one = (*resident, parallel.put_local_batch(index[:1], mesh, batch))
+    args = (resident, parallel.put_local_batch(index, mesh, batch))
+    one = (resident, parallel.put_local_batch(index[:1], mesh, batch))
   else:
     images = ds.train_images[: spc * b].reshape((spc, b) + ds.image_shape)
     labels = ds.train_labels[: spc * b].reshape((spc, b))
-    args = parallel.put_local_batch((images, labels), mesh, batch)
-    one = parallel.put_local_batch((images[:1], labels[:1]), mesh, batch)
+    args = (
+        parallel.put_local_batch(
+            {'image': images, 'label': labels}, mesh, batch
+        ),
+    )
+    one = (
+        parallel.put_local_batch(
+            {'image': images[:1], 'label': labels[:1]}, mesh, batch
+        ),
+    )
   state = s.state
   # FLOPs of ONE step, lowered without a loop (XLA counts a loop body once),
   # per device after partitioning: per image of the per-device batch.

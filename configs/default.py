@@ -30,7 +30,7 @@ def get_config():
   c.data.num_test_examples = (
       0  # >0: seeded random test subset (smoke runs only)
   )
-  c.data.feed = 'auto'  # auto | device (whole train split on every device, batches gathered there) | host
+  c.data.feed = 'auto'  # auto | device (whole train split on every device, batches gathered there) | host | stream (read in worker processes, for data larger than memory)
   c.data.augment = 'auto'  # auto (crop+flip for 32x32 colour, none otherwise) | crop_flip | flip | none
 
   c.model = ml_collections.ConfigDict()
@@ -101,6 +101,7 @@ def get_config():
   c.sync_bn = (
       True  # BatchNorm batch statistics over the global batch (else per device)
   )
+  c.runner = 'sync'  # where updates come from (jaxadv.runners): sync = synchronous data parallelism
   c.steps_per_call = 0  # train steps fused into one jit call (lax.scan); 0 = auto: 1 on CPU, 10 on GPU/TPU
   c.log_every = 100  # steps between metric fetches (no host sync in between)
   c.eval_every = (
@@ -114,6 +115,7 @@ def get_config():
       False  # call jax.distributed.initialize() (multi-host TPU/GPU)
   )
   c.progress = True  # progress bar on a terminal
+  c.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard (beside metrics.jsonl)
   c.halt_on_nonfinite = (
       True  # stop on NaN/Inf loss, keeping the last good checkpoint
   )

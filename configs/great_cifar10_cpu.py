@@ -5,7 +5,7 @@ shrunk to what a 2-core CPU trains in about 10 minutes per row.
     python main.py --config configs/great_cifar10_cpu.py:$row \\
         --workdir runs/great_cpu_$row
   done
-  python -m jaxadv.great_table --workdirs runs/great_cpu_baseline,...
+  python -m jaxadv.tools.great_table --workdirs runs/great_cpu_baseline,...
 
 Main network: the supplement's 5-layer CNN (cnn5), auxiliary: the same with
 leaky ReLU 0.2; a class-balanced 2,500-image CIFAR-10 training subset (250

@@ -113,6 +113,9 @@ class Context:
   axis_name: str
   model: Any
   dataset: Any = dataclasses.field(repr=False)
+  # False when a finished run is loaded for evaluation: load_frozen then
+  # returns None (frozen networks serve train steps only).
+  with_frozen: bool = True
 
   def build_model(self, name=None, *, axis_name='default', **kwargs):
     """A Linen model for this dataset; see build.build_model (kwargs:
@@ -153,8 +156,10 @@ class Context:
 
   def load_frozen(self, workdir):
     """The main network of another run's workdir, read-only (a
-    train_state.Frozen; see build.load_frozen)."""
-    return load_frozen(workdir)
+    train_state.Frozen; see build.load_frozen), or None when this run is
+    only being evaluated (`with_frozen` False): a method's eval_metrics
+    cannot use frozen networks."""
+    return load_frozen(workdir) if self.with_frozen else None
 
 
 @dataclasses.dataclass
@@ -174,7 +179,7 @@ class Built:
 def step_counts(config, ds, method):
   """(steps_per_epoch, updates_per_batch, total_batches)."""
   try:
-    spe = data.steps_per_epoch(len(ds.train_labels), config.batch_size)
+    spe = data.steps_per_epoch(ds.num_train, config.batch_size)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   upb = methods_lib.updates_per_batch(method, config)
@@ -182,14 +187,14 @@ def step_counts(config, ds, method):
   return spe, upb, total
 
 
-def make_context(config, ds, method):
+def make_context(config, ds, method, with_frozen=True):
   """The Context a method is built with (see Context)."""
   spe, upb, total = step_counts(config, ds, method)
   return Context(
       config=config,
       settings=methods_lib.settings(method, config),
       num_classes=ds.num_classes,
-      image_shape=tuple(ds.train_images.shape[1:]),
+      image_shape=ds.image_shape,
       mean=ds.mean,
       std=ds.std,
       batch_size=config.batch_size,
@@ -198,17 +203,20 @@ def make_context(config, ds, method):
       axis_name=parallel.AXIS,
       model=build_model(config, ds, parallel.AXIS),
       dataset=ds,
+      with_frozen=with_frozen,
   )
 
 
-def setup(config, ds, mesh):
+def setup(config, ds, mesh, with_frozen=True):
   """The method, its context and an initialized state on `mesh` (Built).
 
   Key use: PRNGKey(config.seed) splits into the main network's init key and
   the state's base key; the method's init gets fold_in(base key, 1).
+  with_frozen=False (loading a finished run for evaluation) skips loading
+  frozen networks (teachers).
   """
   method = methods_lib.get_method(config.method.name)
-  ctx = make_context(config, ds, method)
+  ctx = make_context(config, ds, method, with_frozen)
   spe, upb, total = step_counts(config, ds, method)
   tx, schedule = optim.make_optimizer(
       config.optim, ctx.total_updates, ctx.updates_per_epoch
@@ -232,7 +240,7 @@ def setup(config, ds, mesh):
       step=jnp.zeros((), jnp.int32),
       rng=state_rng,
       nets={'main': main, **parts.nets},
-      frozen=dict(parts.frozen),
+      frozen={k: v for k, v in parts.frozen.items() if v is not None},
       method_state=ts.empty_method_state(parts.method_state),
   )
   specs = parallel.state_specs(state)

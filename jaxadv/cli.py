@@ -4,7 +4,7 @@ one-line messages and exit codes."""
 import sys
 
 from jaxadv import eval_run
-from jaxadv import reports
+from jaxadv.evaluation import reports
 from jaxadv import train
 from jaxadv import validation
 
@@ -39,6 +39,20 @@ def pct(v):
   return None if v is None else f'{100 * v:.2f}%'
 
 
+def metric_rows(results, num_examples):
+  """Rows of the method's clean test metrics ('test_<name>'): accuracies
+  in %, other metrics (RMSEs, losses) as numbers."""
+  rows = []
+  for k, v in results.items():
+    if not k.startswith('test_'):
+      continue
+    name = k[len('test_') :]
+    label = 'clean test accuracy' if name == 'accuracy' else f'test {name}'
+    shown = pct(v) if name.endswith('accuracy') else v
+    rows.append((label, shown, num_examples))
+  return rows
+
+
 def summary_rows(results):
   epochs = results['epochs_done']
   rows = [
@@ -52,14 +66,7 @@ def summary_rows(results):
       ('wall time (s)', f"{results['wall_time_s']:.1f}"),
       ('train images/s', results.get('images_per_s')),
   ]
-  if 'test_accuracy' in results:
-    rows.append(
-        (
-            'clean test accuracy',
-            pct(results['test_accuracy']),
-            results.get('num_test_examples'),
-        )
-    )
+  rows += metric_rows(results, results.get('num_test_examples'))
   for rec in results.get('robust', []):
     rows.append((rec['name'], pct(rec['accuracy']), rec['num_examples']))
   return rows
@@ -99,10 +106,9 @@ def run(config, workdir, mode):
         return EXIT_INTERRUPTED
       return 0
     out = eval_run.evaluate_checkpoint(config, workdir)
-    rows = [
-        ('checkpoint step', out['step']),
-        ('clean test accuracy', pct(out['test_accuracy']), out['num_examples']),
-    ]
+    rows = [('checkpoint step', out['step'])] + metric_rows(
+        out, out['num_examples']
+    )
     print(format_table(rows))
     if out.get('table'):
       print(out['table'], flush=True)

@@ -1,5 +1,8 @@
-"""--mode eval: restore a run's newest checkpoint and evaluate it (clean
-accuracy and config.eval.attacks); the caller prints the table, then
+"""Evaluating a run: the one code path of training's end-of-run evaluation
+and of --mode eval (restore a run's newest checkpoint, then the same
+evaluation). Clean metrics are the method's eval_metrics (accuracy by
+default; GREAT adds aux_accuracy) on the whole test split, then the attacks
+of config.eval.attacks on a seeded subset; the caller prints the table, then
 write_reports saves it in the workdir under a name of its settings."""
 
 import json
@@ -8,13 +11,47 @@ import os
 import jax
 
 from jaxadv import build
-from jaxadv import evaluate
+from jaxadv import evaluation
 from jaxadv import methods as methods_lib
-from jaxadv import reports
 from jaxadv import rundir
 from jaxadv import runs
-from jaxadv import sanity
 from jaxadv import validation
+from jaxadv.evaluation import reports
+from jaxadv.evaluation import sanity
+
+
+def clean_metrics(config, built, state, ds, mesh, fn=None):
+  """{'test_<name>': value} of the method's eval metrics over the whole test
+  split (finalized, e.g. RMSEs). `fn`: a prebuilt make_metrics_fn."""
+  metrics_fn, finalizers = methods_lib.eval_metrics(built.method, built.ctx)
+  values, _ = evaluation.metrics(
+      state,
+      ds.test,
+      mesh=mesh,
+      specs=built.specs,
+      batch_size=config.eval_batch_size,
+      fn=fn or evaluation.make_metrics_fn(mesh, built.specs, metrics_fn),
+      finalizers=finalizers,
+      seed=config.eval.seed,
+  )
+  return {f'test_{k}': v for k, v in values.items()}
+
+
+def attack_records(config, built, state, ds, mesh):
+  """config.eval.attacks on the seeded test subset: (records, warnings)."""
+  records = evaluation.run_attacks(
+      state,
+      ds.test,
+      config.eval.attacks,
+      mesh=mesh,
+      specs=built.specs,
+      batch_size=config.eval.batch_size,
+      num_examples=config.eval.num_examples,
+      seed=config.eval.seed,
+      dtype=build.eval_dtype(config),
+      method_settings=built.ctx.settings,
+  )
+  return records, sanity.sanity_flags(records)
 
 
 def evaluate_checkpoint(config, workdir):
@@ -23,7 +60,8 @@ def evaluate_checkpoint(config, workdir):
   The model and data come from the run's own <workdir>/config.json when it
   exists (so any eval config can evaluate any run); `config.eval` and the
   eval batch size come from `config`. Returns a dict with the clean test
-  accuracy (and, when config.eval.attacks is set, the robust records).
+  metrics ('test_accuracy', ...) and, when config.eval.attacks is set, the
+  robust records.
   """
   if config.distributed:
     jax.distributed.initialize()
@@ -36,37 +74,17 @@ def evaluate_checkpoint(config, workdir):
     config = run_config
   validation.validate_config(config)
   run = runs.load_run(workdir, config=config)
-  acc, n = evaluate.accuracy(
-      run.state,
-      run.dataset.test_images,
-      run.dataset.test_labels,
-      mesh=run.mesh,
-      specs=run.specs,
-      batch_size=config.eval_batch_size,
-  )
   out = {
       'step': int(run.state.step),
-      'test_accuracy': acc,
-      'num_examples': n,
+      **clean_metrics(config, run.built, run.state, run.dataset, run.mesh),
+      'num_examples': run.dataset.num_test,
       'eval_dtype': build.eval_dtype(config),
       'robust': [],
   }
   if config.eval.attacks:
-    method = methods_lib.get_method(config.method.name)
-    out['robust'] = evaluate.run_attacks(
-        run.state,
-        run.dataset.test_images,
-        run.dataset.test_labels,
-        config.eval.attacks,
-        mesh=run.mesh,
-        specs=run.specs,
-        batch_size=config.eval.batch_size,
-        num_examples=config.eval.num_examples,
-        seed=config.eval.seed,
-        dtype=out['eval_dtype'],
-        method_settings=methods_lib.settings(method, config),
+    out['robust'], out['warnings'] = attack_records(
+        config, run.built, run.state, run.dataset, run.mesh
     )
-    out['warnings'] = sanity.sanity_flags(out['robust'])
     out['table'] = (
         reports.markdown_table(out['robust'])
         + '\n\n'
@@ -90,7 +108,7 @@ def write_reports(out, workdir):
   base = os.path.join(workdir, out['report_name'])
   payload = {
       'step': out['step'],
-      'test_accuracy': out['test_accuracy'],
+      **{k: v for k, v in out.items() if k.startswith('test_')},
       'num_examples': out['num_examples'],
       'records': out['robust'],
       'warnings': out['warnings'],

@@ -138,8 +138,9 @@ class Logger:
   """Sums device metrics between fetches; every fetch (the only host sync)
   checks them and writes a metrics.jsonl record and the progress line."""
 
-  def __init__(self, plan, jsonl, bar, schedule):
+  def __init__(self, plan, jsonl, bar, schedule, finalizers=None):
     self.plan, self.jsonl, self.bar, self.schedule = plan, jsonl, bar, schedule
+    self.finalizers = finalizers or {}
     self.pending, self.last = None, None
 
   def add(self, metrics):
@@ -155,6 +156,10 @@ class Logger:
     fetched = parallel.fetch(self.pending)
     metrics = {
         k: float(s) / max(float(c), 1.0) for k, (s, c) in fetched.items()
+    }
+    metrics = {
+        k: self.finalizers[k](v) if k in self.finalizers else v
+        for k, v in metrics.items()
     }
     self.pending, self.last = None, batches_done
     if self.plan.halt_on_nonfinite and not all(

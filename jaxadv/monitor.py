@@ -6,7 +6,8 @@ import numpy as np
 
 from jaxadv import attacks
 from jaxadv import checkpoint as ckpt_lib
-from jaxadv import evaluate
+from jaxadv import data
+from jaxadv import evaluation
 from jaxadv import loop
 from jaxadv.errors import NonFiniteError
 
@@ -22,18 +23,17 @@ class OverfitMonitor:
 
   def __init__(self, config, ds, mesh, specs, workdir, method_settings=None):
     m = config.monitor
-    n = min(m.num_examples, len(ds.train_labels))
+    n = min(m.num_examples, ds.num_train)
     idx = np.sort(
-        np.random.default_rng([config.seed, 7]).permutation(
-            len(ds.train_labels)
-        )[:n]
+        np.random.default_rng([config.seed, 7]).permutation(ds.num_train)[:n]
     )
-    self.images, self.labels = ds.train_images[idx], ds.train_labels[idx]
+    # Read once (also from a streamed split) and kept in host memory.
+    self.batch = data.ArraySplit(next(ds.train.batches([idx])))
     ndev = mesh.devices.size
     self.batch_size = -(-n // ndev) * ndev
     self.mesh, self.specs, self.max_drop = mesh, specs, m.max_drop
     self.spec = attacks.parse_attack(m.attack, method_settings)
-    self.acc_fn = evaluate.make_accuracy_fn(
+    self.acc_fn = evaluation.make_accuracy_fn(
         mesh, specs, attacks.make_attack(self.spec)
     )
     self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, 'best'), 1)
@@ -60,10 +60,9 @@ class OverfitMonitor:
 
   def robust_accuracy(self, state):
     """Accuracy under the monitor's attack on its fixed training batch."""
-    return evaluate.accuracy(
+    return evaluation.accuracy(
         state,
-        self.images,
-        self.labels,
+        self.batch,
         mesh=self.mesh,
         specs=self.specs,
         batch_size=self.batch_size,

@@ -54,10 +54,11 @@ def _hms(seconds):
 
 
 class JsonlWriter:
-  """Appends one JSON record per line (process 0 only)."""
+  """Appends one JSON record per line (process 0 only), and hands each
+  record to `events` (a tb_events.EventWriter) when one is set."""
 
-  def __init__(self, path, enabled=True):
-    self.path, self.enabled = path, enabled
+  def __init__(self, path, enabled=True, events=None):
+    self.path, self.enabled, self.events = path, enabled, events
     if enabled:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
@@ -65,3 +66,9 @@ class JsonlWriter:
     if self.enabled:
       with open(self.path, 'a') as f:
         f.write(json.dumps(record) + '\n')
+    if self.events is not None:
+      self.events.write(record)
+
+  def close(self):
+    if self.events is not None:
+      self.events.close()

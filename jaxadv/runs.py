@@ -4,9 +4,10 @@ dataset, for evaluation, sweeps, transfer matrices and studies.
 Imports the construction layer (build) and checkpoints, never the trainer.
 """
 
+import dataclasses
 import os
 import sys
-from typing import Any, NamedTuple
+from typing import Any
 
 from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
@@ -14,15 +15,24 @@ from jaxadv import parallel
 from jaxadv.errors import ConfigError
 
 
-class Run(NamedTuple):
+@dataclasses.dataclass
+class Run:
   """A trained run, restored: unpacks as (config, state, specs, mesh,
-  dataset)."""
+  dataset); `built` (build.Built: method, ctx) serves its method's eval
+  metrics."""
 
   config: Any
   state: Any
   specs: Any
   mesh: Any
   dataset: Any
+  built: Any = None
+
+  def __iter__(self):
+    return iter((self.config, self.state, self.specs, self.mesh, self.dataset))
+
+  def __getitem__(self, i):
+    return tuple(self)[i]
 
   def logits_fn(self):
     """The main network's inference-mode `x -> logits` (x in [0, 1])."""
@@ -65,11 +75,13 @@ def load_run(workdir, mesh=None, config=None):
   The model, state layout and data come from `config` (default
   <workdir>/config.json); the state is the latest checkpoint in
   <workdir>/checkpoints, placed on `mesh` (default: all devices), its main
-  model computing in the config's eval.dtype.
+  model computing in the config's eval.dtype. Frozen networks (a
+  distillation teacher) are not loaded: evaluation does not use them.
   """
   config = build.load_config(workdir) if config is None else config
   mesh = parallel.make_mesh() if mesh is None else mesh
   ds = build.load_data(config)
-  b = build.setup(config, ds, mesh)
+  b = build.setup(config, ds, mesh, with_frozen=False)
   state, _ = restore_latest(workdir, b.state, config.keep_checkpoints)
-  return Run(config, build.for_eval(config, ds, state), b.specs, mesh, ds)
+  state = build.for_eval(config, ds, state)
+  return Run(config, state, b.specs, mesh, ds, b)

@@ -1,5 +1,6 @@
-"""The synchronous data-parallel step source: jit(shard_map(scan(train_step)))
-over a 1-D mesh, fed from the host or from a device-resident train split.
+"""The synchronous data-parallel runner (config.runner='sync', see
+jaxadv.runners): jit(shard_map(scan(train_step))) over a 1-D mesh, fed from
+the host (in-memory or streamed) or from a device-resident train split.
 """
 
 import jax
@@ -38,49 +39,52 @@ def step_rngs(state):
   return aug_rng, methods_lib.StepRngs(device=step_rng, shared=shared)
 
 
-def make_train_fn(built, mesh, augment_kind, on_device=False):
+def make_train_fn(built, mesh, augment_kind, on_device=False, image_keys=None):
   """jit(shard_map(scan)) running a chunk of steps of built.method.
 
-  Host feed (on_device=False): (state, images (S, B, ...) uint8, labels
-  (S, B)) -> (state, metrics summed over the chunk).
-  Device feed (on_device=True): (state, train_images (N, ...) uint8,
-  train_labels (N,), index (S, B) int32) -> same; the whole train split is
-  replicated on every device and each step's batch is gathered there, so a
-  call moves only S * B indices from the host.
-  Augmentation runs on the device.
+  Host feed (on_device=False): (state, chunk) -> (state, metrics summed over
+  the chunk), with chunk a dict of every train feature, (S, B, ...) ('image'
+  uint8, 'label', and whatever the dataset adds).
+  Device feed (on_device=True): (state, resident, index (S, B) int32) ->
+  same; `resident` is the whole train split ({feature: (N, ...)}) replicated
+  on every device, and each step's batch is gathered there, so a call moves
+  only S * B indices from the host.
+  Augmentation runs on the device, the same crop/flip on every feature named
+  in `image_keys` (default: the dataset's image-shaped features).
   """
   train_step = built.method.make_train_step(built.ctx)
+  if image_keys is None:
+    image_keys = data.image_keys(built.ctx.dataset.features)
 
-  def step(state, img, lbl):
+  def step(state, batch):
     aug_rng, rngs = step_rngs(state)
-    x = data.augment(aug_rng, img, augment_kind)
-    state, metrics = train_step(state, {'image': x, 'label': lbl}, rngs)
+    batch = data.augment_batch(aug_rng, batch, augment_kind, image_keys)
+    state, metrics = train_step(state, batch, rngs)
     return state, jax.lax.psum(metrics, parallel.AXIS)
 
   batch = P(None, parallel.AXIS)
   if on_device:
 
-    def chunk(state, train_images, train_labels, index):
+    def chunk(state, resident, index):
       # The gather runs inside the scan body: one batch of images is live.
       return _scan_or_once(
           lambda st, idx: step(
               st,
-              jnp.take(train_images, idx, axis=0),
-              jnp.take(train_labels, idx, axis=0),
+              jax.tree_util.tree_map(
+                  lambda a: jnp.take(a, idx, axis=0), resident
+              ),
           ),
           state,
           index,
       )
 
-    in_specs = (built.specs, P(), P(), batch)
+    in_specs = (built.specs, P(), batch)
   else:
 
-    def chunk(state, images, labels):
-      return _scan_or_once(
-          lambda st, xs: step(st, *xs), state, (images, labels)
-      )
+    def chunk(state, batches):
+      return _scan_or_once(step, state, batches)
 
-    in_specs = (built.specs, batch, batch)
+    in_specs = (built.specs, batch)
   # check_vma=False: gradients w.r.t. the replicated parameters are local
   # gradients that the method averages explicitly (common.apply_update);
   # with varying-axis typing JAX would instead psum them implicitly.
@@ -104,6 +108,11 @@ def _scan_or_once(body, state, xs):
   return state, jax.tree_util.tree_map(lambda m: m.sum(0), metrics)
 
 
+def make_source(config, built, ds, mesh):
+  """The 'sync' runner's source (see jaxadv.runners)."""
+  return DataParallelSource(config, built, ds, mesh)
+
+
 class DataParallelSource:
   """loop.py's step source for synchronous data parallelism: each chunk is
   one call of make_train_fn's function on steps_per_call batches."""
@@ -116,13 +125,23 @@ class DataParallelSource:
     self.train_fn = make_train_fn(built, mesh, kind, on_device=self.on_device)
     self.resident = None
     if self.on_device:  # the whole train split, on every device, once
+      arrays = ds.train.arrays
       self.resident = parallel.put_global(
-          (ds.train_images, ds.train_labels), mesh, (P(), P())
+          arrays, mesh, jax.tree_util.tree_map(lambda _: P(), arrays)
       )
 
   @property
   def data_feed(self):
-    return 'device' if self.on_device else 'host'
+    if self.on_device:
+      return 'device'
+    return 'host' if self.ds.in_memory else 'stream'
+
+  def close(self):
+    """Drops the device-resident train split (and any stream workers)."""
+    self.resident = None
+    close = getattr(self.ds.train, 'close', None)
+    if close:
+      close()
 
   def chunks(self, state, epoch, offset, epoch_stop):
     """Yields (state, metrics, n) for batches offset.. of `epoch`."""
@@ -139,16 +158,14 @@ class DataParallelSource:
         gather=not self.on_device,
     ):
       spec = P(None, parallel.AXIS)
+      n = min(len(next(iter(chunk.values()))), epoch_stop - offset)
+      chunk = {k: v[:n] for k, v in chunk.items()}
       if self.on_device:
-        n = min(chunk['index'].shape[0], epoch_stop - offset)
-        idx = parallel.put_local_batch(chunk['index'][:n], self.mesh, spec)
-        state, metrics = self.train_fn(state, *self.resident, idx)
+        idx = parallel.put_local_batch(chunk['index'], self.mesh, spec)
+        state, metrics = self.train_fn(state, self.resident, idx)
       else:
-        n = min(chunk['label'].shape[0], epoch_stop - offset)
-        g = parallel.put_local_batch(
-            (chunk['image'][:n], chunk['label'][:n]), self.mesh, spec
-        )
-        state, metrics = self.train_fn(state, *g)
+        g = parallel.put_local_batch(chunk, self.mesh, spec)
+        state, metrics = self.train_fn(state, g)
       offset += n
       yield state, metrics, n
       if offset >= epoch_stop:

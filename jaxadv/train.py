@@ -15,20 +15,20 @@ import jax
 
 from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
-from jaxadv import evaluate
+from jaxadv import eval_run
+from jaxadv import evaluation
 from jaxadv import loop
 from jaxadv import methods as methods_lib
 from jaxadv import monitor as monitor_lib
 from jaxadv import parallel
 from jaxadv import progress as progress_lib
-from jaxadv import reports
 from jaxadv import rundir
-from jaxadv import sanity
-from jaxadv import steps
+from jaxadv import runners
+from jaxadv import tb_events
 from jaxadv import validation
 from jaxadv.errors import ConfigError
 from jaxadv.errors import NonFiniteError  # re-exported: train.NonFiniteError
-from jaxadv.methods import common
+from jaxadv.evaluation import reports
 
 
 def _config_dict(config):
@@ -47,18 +47,17 @@ class Session:
   def __init__(self, config, workdir):
     self.config, self.workdir = config, workdir
     self.ds = build.load_data(config)
-    self.mesh = parallel.make_mesh()
+    self.mesh = parallel.make_mesh(runners.mesh_devices(config))
     self.built = build.setup(config, self.ds, self.mesh)
     self.ckpt = ckpt_lib.Checkpointer(
         os.path.join(workdir, 'checkpoints'), config.keep_checkpoints
     )
     self.plan = loop.Plan.from_config(config, self.built)
-    metrics_fn = getattr(self.built.method, 'eval_metrics', None)
-    self.metrics_fn = (
-        metrics_fn(self.built.ctx) if metrics_fn else common.accuracy_metrics
+    metrics_fn, self.finalizers = methods_lib.eval_metrics(
+        self.built.method, self.built.ctx
     )
-    self.eval_fn = evaluate.make_metrics_fn(
-        self.mesh, self.built.specs, self.metrics_fn
+    self.eval_fn = evaluation.make_metrics_fn(
+        self.mesh, self.built.specs, metrics_fn
     )
     self.monitor = (
         monitor_lib.OverfitMonitor(
@@ -127,17 +126,11 @@ class Session:
     return state, done
 
   def test_metrics(self, state):
-    """{'test_<name>': value} of the method's eval metrics on the test set."""
-    values, _ = evaluate.metrics(
-        state,
-        self.ds.test_images,
-        self.ds.test_labels,
-        mesh=self.mesh,
-        specs=self.built.specs,
-        batch_size=self.config.eval_batch_size,
-        fn=self.eval_fn,
+    """{'test_<name>': value} of the method's eval metrics on the test set
+    (the code path of --mode eval: eval_run.clean_metrics)."""
+    return eval_run.clean_metrics(
+        self.config, self.built, state, self.ds, self.mesh, self.eval_fn
     )
-    return {f'test_{k}': v for k, v in values.items()}
 
   def end_of_epoch(self, state, epoch):
     """loop.run's callback: test metrics every eval_every epochs (and at the
@@ -171,6 +164,7 @@ class Session:
     return record, stop, state
 
   def close(self):
+    self.jsonl.close()
     self.ckpt.close()
     if self.monitor is not None:
       self.monitor.close()
@@ -231,40 +225,57 @@ def train_and_evaluate(config, workdir):
 
 def _train(s, state, finished, t_start):
   """From the restored `state`: loop (unless `finished` or already
-  complete), results, final evaluation."""
+  complete), results, final evaluation. The runner's source is closed
+  whatever happens (error, Ctrl-C, SIGTERM)."""
+  config, step = s.config, int(state.step)
+  is_main = jax.process_index() == 0
+  tb_dir = os.path.join(s.workdir, tb_events.TB_DIR)
+  if is_main:  # a resumed run logs each step once, in both
+    rundir.truncate_metrics(os.path.join(s.workdir, 'metrics.jsonl'), step)
+    tb_events.truncate_events(tb_dir, step)
+  s.jsonl.events = tb_events.EventWriter(
+      tb_dir,
+      is_main and config.get('tensorboard', True),
+      purge_step=step + 1 if step else None,
+  )
+  source = runners.make_source(config, s.built, s.ds, s.mesh)
+  try:
+    out = _loop(s, state, finished, source)
+  finally:
+    source.close()
+  results = _results(s, out, source, t_start)
+  if not out.status.startswith('interrupted'):
+    _final_evaluation(s, out, results)
+  return results
+
+
+def _loop(s, state, finished, source):
+  """loop.run from `state`, or the Outcome of a run already finished."""
   config = s.config
-  if jax.process_index() == 0:
-    rundir.truncate_metrics(
-        os.path.join(s.workdir, 'metrics.jsonl'), int(state.step)
-    )
-  source = steps.DataParallelSource(config, s.built, s.ds, s.mesh)
   bar = progress_lib.Progress(
       s.plan.total_batches,
       int(state.step) // s.plan.updates_per_batch,
       config.progress and jax.process_index() == 0,
   )
-  logger = loop.Logger(s.plan, s.jsonl, bar, s.built.schedule)
+  logger = loop.Logger(
+      s.plan, s.jsonl, bar, s.built.schedule, finalizers=s.finalizers
+  )
   if finished:
     done = int(state.step) // s.plan.updates_per_batch
-    out = loop.Outcome(
+    return loop.Outcome(
         state=state,
         batches_done=done,
         start_batches=done,
         status='early-stopped (in an earlier run; the best ' 'state was kept)',
     )
-  else:
-    out = loop.run(
-        state,
-        source,
-        plan=s.plan,
-        ckpt=s.ckpt,
-        logger=logger,
-        end_of_epoch=s.end_of_epoch,
-    )
-  results = _results(s, out, source, t_start)
-  if not out.status.startswith('interrupted'):
-    _final_evaluation(s, out, results)
-  return results
+  return loop.run(
+      state,
+      source,
+      plan=s.plan,
+      ckpt=s.ckpt,
+      logger=logger,
+      end_of_epoch=s.end_of_epoch,
+  )
 
 
 def _results(s, out, source, t_start):
@@ -312,7 +323,7 @@ def _final_evaluation(s, out, results):
   last = out.history[-1] if out.history else {}
   eval_state = build.for_eval(config, s.ds, out.state)
   results['eval_dtype'] = build.eval_dtype(config)
-  results['num_test_examples'] = len(s.ds.test_labels)
+  results['num_test_examples'] = s.ds.num_test
   if (
       'test_accuracy' in last
       and out.status == 'completed'
@@ -322,18 +333,7 @@ def _final_evaluation(s, out, results):
   else:
     results.update(s.test_metrics(eval_state))
   if config.eval.at_end and config.eval.attacks:
-    results['robust'] = evaluate.run_attacks(
-        eval_state,
-        s.ds.test_images,
-        s.ds.test_labels,
-        config.eval.attacks,
-        mesh=s.mesh,
-        specs=s.built.specs,
-        batch_size=config.eval.batch_size,
-        num_examples=config.eval.num_examples,
-        seed=config.eval.seed,
-        dtype=results['eval_dtype'],
-        method_settings=s.built.ctx.settings,
+    results['robust'], results['warnings'] = eval_run.attack_records(
+        config, s.built, eval_state, s.ds, s.mesh
     )
     reports.write_report(results['robust'], s.workdir)
-    results['warnings'] = sanity.sanity_flags(results['robust'])

@@ -8,6 +8,7 @@ from jaxadv import methods as methods_lib
 from jaxadv import models as models_lib
 from jaxadv.models import layers as model_layers
 from jaxadv import optim
+from jaxadv import runners
 
 
 from jaxadv.errors import ConfigError  # re-exported: validation.ConfigError
@@ -73,6 +74,7 @@ def validate_config(config, num_devices=None, num_processes=None):
       config.dtype in ('float32', 'bfloat16'),
       f"config.dtype='{config.dtype}'; valid: float32, bfloat16",
   )
+  runners.validate(config)
   _validate_data(config.data)
   _validate_model(config.model)
   _validate_optim(config.optim)

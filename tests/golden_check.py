@@ -19,10 +19,11 @@ import os
 import platform
 import sys
 
-if len(sys.argv) > 3:
+if len(sys.argv) > 3:  # kept: other XLA flags (e.g. --xla_cpu_max_isa)
   os.environ['XLA_FLAGS'] = (
-      f'--xla_force_host_platform_device_count={sys.argv[3]}'
-  )
+      os.environ.get('XLA_FLAGS', '')
+      + f' --xla_force_host_platform_device_count={sys.argv[3]}'
+  ).strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +32,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+from jaxadv import build
+from jaxadv import parallel
 from jaxadv import train
+from jaxadv import train_state
+
+# Buckets of the CountSketch of the parameters (see sketch()).
+SKETCH_SIZE = 1024
 
 # name -> config overrides (3 steps: 48 examples, batch 16, one epoch).
 METHODS = {
@@ -132,6 +139,30 @@ def digest(leaves):
   }
 
 
+def sketch(leaves):
+  """CountSketch of all leaves as one float64 vector (SKETCH_SIZE,): every
+  value goes, with a seeded random sign, into a seeded random bucket. It is
+  linear, so sketch(a) - sketch(b) = sketch(a - b), and its norm estimates
+  the L2 norm of a - b to a few percent over ~900k parameters: the test
+  compares whole parameter vectors of two machines through 8 KB."""
+  rng = np.random.default_rng(20261203)
+  out = np.zeros(SKETCH_SIZE)
+  for key in sorted(leaves):
+    a = np.asarray(leaves[key], np.float64).reshape(-1)
+    bucket = rng.integers(0, SKETCH_SIZE, a.size)
+    sign = rng.choice(np.array([-1.0, 1.0]), a.size)
+    out += np.bincount(bucket, sign * a, minlength=SKETCH_SIZE)
+  return out.tolist()
+
+
+def initial_leaves(config):
+  """The main network's leaves before the first step (build.setup's state,
+  the same tree a checkpoint holds)."""
+  built = build.setup(config, build.load_data(config), parallel.make_mesh())
+  tree = train_state.saved_tree(jax.device_get(built.state))
+  return main_network_leaves(tree)
+
+
 def latest_checkpoint_tree(workdir):
   ckdir = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
@@ -149,7 +180,10 @@ def cpu_signature():
       )
   except OSError:
     model = ''
-  return f'{platform.machine()} {model}'
+  # XLA's instruction-set cap changes the code XLA:CPU emits, so runs under
+  # it round like another CPU model would.
+  isa = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'max_isa' in f]
+  return ' '.join([platform.machine(), model] + isa)
 
 
 def main(data_dir, workdir):
@@ -169,7 +203,13 @@ def main(data_dir, workdir):
     wd = os.path.join(workdir, name)
     res = train.train_and_evaluate(config, wd)
     step, tree = latest_checkpoint_tree(wd)
-    out['methods'][name] = {'step': step, **digest(main_network_leaves(tree))}
+    leaves = main_network_leaves(tree)
+    out['methods'][name] = {
+        'step': step,
+        **digest(leaves),
+        'sketch': sketch(leaves),
+        'init_sketch': sketch(initial_leaves(config)),
+    }
     if name == 'standard':
       out['test_accuracy'] = res['test_accuracy']
       out['eval'] = [{k: r.get(k) for k in RECORD_KEYS} for r in res['robust']]

@@ -18,7 +18,7 @@ import numpy as np
 from conftest import tiny_config  # pylint: disable=g-import-not-at-top
 from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
-from jaxadv import evaluate
+from jaxadv import evaluation as evaluate
 from jaxadv import parallel
 from jaxadv import steps as steps_lib
 from jaxadv import train
@@ -33,8 +33,10 @@ def run_steps(config, ds, devices, steps=3):
   for i in range(steps):
     images = ds.train_images[None, i * b : (i + 1) * b]
     labels = ds.train_labels[None, i * b : (i + 1) * b]
-    g = parallel.put_local_batch((images, labels), mesh, P(None, 'data'))
-    state, metrics = fn(state, *g)
+    g = parallel.put_local_batch(
+        {'image': images, 'label': labels}, mesh, P(None, 'data')
+    )
+    state, metrics = fn(state, g)
   return state, parallel.fetch(metrics), mesh, s.specs
 
 

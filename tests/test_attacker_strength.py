@@ -5,10 +5,10 @@ import os
 import pytest
 
 from conftest import tiny_config
-from jaxadv import attacker_strength
-from jaxadv import evaluate
+from jaxadv.tools import attacker_strength
+from jaxadv import evaluation as evaluate
 from jaxadv import runs
-from jaxadv import transfer
+from jaxadv.tools import transfer
 
 
 def test_study_writes_table_with_white_box_diagonal(tiny_data_dir, tmp_path):

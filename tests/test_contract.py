@@ -4,6 +4,7 @@ and a frozen teacher loaded from another run's workdir. Checkpoint, kill,
 resume must give exactly the uninterrupted run's state, and the frozen
 network must never be written into the checkpoints."""
 
+import math
 import os
 import signal
 
@@ -16,8 +17,10 @@ from conftest import tiny_config
 from jaxadv import build
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import data
+from jaxadv import eval_run
 from jaxadv import methods
 from jaxadv import parallel
+from jaxadv import runs
 from jaxadv import train
 from jaxadv import train_state as ts
 from jaxadv.methods import common
@@ -88,9 +91,21 @@ def eval_metrics(ctx):
     out['aux_accuracy'] = common.summed(
         common.correct(aux, batch['label']), batch['mask']
     )
+    # A mean squared error, reported as an RMSE (metric_finalizers).
+    p = jax.nn.softmax(state.logits_fn()(batch['image']))
+    err = ((p - jax.nn.one_hot(batch['label'], p.shape[-1])) ** 2).sum(-1)
+    out['prob_rmse'] = common.summed(err, batch['mask'])
+    # One uniform draw per example from the example's own key.
+    draw = jax.vmap(lambda k: jax.random.uniform(k))(batch['rng'])
+    out['key_draw'] = common.summed(draw, batch['mask'])
     return out
 
   return metrics
+
+
+def metric_finalizers(ctx):
+  del ctx
+  return {'prob_rmse': math.sqrt}
 
 
 # ---------------------------------------------------------------------------
@@ -222,3 +237,37 @@ def test_kill_and_resume_is_bit_identical_and_frozen_is_never_saved(
         for p, _ in jax.tree_util.tree_leaves_with_path(raw)
     ]
     assert not any('teacher' in p or 'frozen' in p for p in paths)
+
+
+def test_eval_mode_reports_what_training_reported_without_the_teacher(
+    tiny_data_dir, teacher_dir, tmp_path, monkeypatch, example_method
+):
+  """--mode eval and training's end-of-run evaluation are one code path:
+  the method's eval metrics, finalized (an RMSE), with per-example keys that
+  do not depend on the batch size; loading the run does not load frozen
+  networks."""
+  config = _config(tiny_data_dir, teacher_dir)
+  config.num_epochs = 1
+  workdir = str(tmp_path / 'run')
+  trained = train.train_and_evaluate(config, workdir)
+  assert trained['status'] == 'completed'
+
+  def no_teacher(*args, **kwargs):
+    raise AssertionError('evaluation loaded a frozen network')
+
+  monkeypatch.setattr(build, 'load_frozen', no_teacher)
+  config.eval_batch_size = 24  # other batches: same per-example keys
+  out = eval_run.evaluate_checkpoint(config, workdir)
+  for key in ('test_accuracy', 'test_aux_accuracy', 'test_prob_rmse'):
+    assert out[key] == pytest.approx(trained[key], abs=1e-6), key
+  assert out['test_key_draw'] == pytest.approx(
+      trained['test_key_draw'], abs=1e-6
+  )
+  assert 0.2 < out['test_key_draw'] < 0.8  # uniform draws, not one key
+  # The RMSE is the square root of the mean squared error.
+  run = runs.load_run(workdir)
+  x = run.dataset.test_images / 255.0
+  p = jax.nn.softmax(run.state.logits_fn()(x))
+  y = jax.nn.one_hot(run.dataset.test_labels, p.shape[-1])
+  mse = float(((p - y) ** 2).sum(-1).mean())
+  assert out['test_prob_rmse'] == pytest.approx(math.sqrt(mse), rel=1e-5)

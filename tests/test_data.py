@@ -112,7 +112,7 @@ def test_shared_cifar10_process_pool_decodes_like_one_process():
         for s, n in (('train', 300), ('test', 100))
     ]
   serial = [data.decode_jpegs(*s) for s in splits]
-  pooled = data._decode_all(splits, workers=2)  # pylint: disable=protected-access
+  pooled = data.offline._decode_all(splits, workers=2)  # pylint: disable=protected-access
   for a, b in zip(serial, pooled, strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -282,8 +282,9 @@ def test_eval_batches_cover_every_example_once(process_count):
   labels = np.arange(n, dtype=np.int32) % 7
   seen, seen_labels, num_batches = [], [], 0
   for p in range(process_count):
+    split = data.ArraySplit({'image': images, 'label': labels})
     for b in data.eval_batches(
-        images, labels, batch, process_index=p, process_count=process_count
+        split, batch, process_index=p, process_count=process_count
     ):
       num_batches += 1
       assert b['image'].shape == (batch // process_count, 2, 2, 3)
@@ -295,6 +296,11 @@ def test_eval_batches_cover_every_example_once(process_count):
       ).all()
       seen += b['image'][b['mask'], 0, 0, 0].tolist()
       seen_labels += b['label'][b['mask']].tolist()
+      # 'index' names each row's example (-1 for padding).
+      np.testing.assert_array_equal(
+          images[b['index'][b['mask']], 0, 0, 0], b['image'][b['mask'], 0, 0, 0]
+      )
+      assert (b['index'][~b['mask']] == -1).all()
   assert num_batches == 3 * process_count
   assert sorted(seen) == list(range(1, n + 1))  # each example exactly once
   assert collections.Counter(seen_labels) == collections.Counter(

@@ -17,13 +17,14 @@ import pytest
 from conftest import REPO, tiny_config
 from jaxadv import attacks
 from jaxadv import data
-from jaxadv import evaluate
-from jaxadv import reports
+from jaxadv import evaluation as evaluate
+from jaxadv.evaluation import evaluators
+from jaxadv.evaluation import reports
 from jaxadv import runs
-from jaxadv import sanity
-from jaxadv import sweep
+from jaxadv.evaluation import sanity
+from jaxadv.tools import sweep
 from jaxadv import train
-from jaxadv import transfer
+from jaxadv.tools import transfer
 
 REQUIRED = (
     'attack',
@@ -156,8 +157,7 @@ def test_run_attacks_records_and_report(loaded, tmp_path):
   _, state, specs, mesh, ds = loaded['cnn']
   records = evaluate.run_attacks(
       state,
-      ds.test_images,
-      ds.test_labels,
+      (ds.test_images, ds.test_labels),
       ['clean', 'fgsm(eps=8/255)', 'pgd(eps=0.25, steps=2, restarts=2)'],
       mesh=mesh,
       specs=specs,
@@ -431,7 +431,7 @@ def test_sweep_and_transfer_clis_end_to_end(workdirs, tmp_path):
   out = _run(
       [
           '-m',
-          'jaxadv.sweep',
+          'jaxadv.tools.sweep',
           '--workdirs',
           dirs,
           '--attack',
@@ -462,7 +462,7 @@ def test_sweep_and_transfer_clis_end_to_end(workdirs, tmp_path):
   out = _run(
       [
           '-m',
-          'jaxadv.transfer',
+          'jaxadv.tools.transfer',
           '--workdirs',
           dirs,
           '--attack',
@@ -544,18 +544,17 @@ def test_autoattack_runs_each_component_on_the_still_robust_points(
   _, state, specs, mesh, ds = loaded['cnn5']
   images, labels = evaluate.subset(ds.test_images, ds.test_labels, 24, 3)
   sizes = []
-  real = evaluate.robust_flags
+  real = evaluators.robust_flags
 
-  def counting(state, images, labels, attack, **kw):
-    sizes.append(len(labels))
-    return real(state, images, labels, attack, **kw)
+  def counting(state, split, attack, **kw):
+    sizes.append(len(kw['indices']))
+    return real(state, split, attack, **kw)
 
-  monkeypatch.setattr(evaluate, 'robust_flags', counting)
+  monkeypatch.setattr(evaluators, 'robust_flags', counting)
   spec = 'autoattack(eps=0.15, norm=linf)'
   records = evaluate.run_attacks(
       state,
-      images,
-      labels,
+      (images, labels),
       [spec, 'clean'],
       mesh=mesh,
       specs=specs,

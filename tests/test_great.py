@@ -1,6 +1,7 @@
 """The great method (GREAT / GREACE on the v2 contract), the Table 1 tool and
 the saliency maps."""
 
+import json
 import os
 
 import jax
@@ -10,8 +11,9 @@ import pytest
 
 from conftest import tiny_config
 from jaxadv import build
-from jaxadv import great_table
-from jaxadv import saliency
+from jaxadv import eval_run
+from jaxadv.tools import great_table
+from jaxadv.tools import saliency
 from jaxadv import train
 from jaxadv import validation
 
@@ -154,4 +156,20 @@ def test_table1_and_saliency_tools(great_runs, tmp_path, capsys):
           ['--workdirs', str(tmp_path / 'nope'), '--out', str(out)]
       )
       == 2
+  )
+
+
+def test_eval_mode_reports_aux_accuracy_as_training_did(great_runs):
+  """--mode eval of a GREAT run reports the auxiliary network's accuracy on
+  test gradients, the value training's end-of-run evaluation wrote."""
+  wd = great_runs['both']
+  with open(os.path.join(wd, 'results.json')) as f:
+    trained = json.load(f)
+  out = eval_run.evaluate_checkpoint(build.load_config(wd), wd)
+  assert 0.0 <= out['test_aux_accuracy'] <= 1.0
+  assert out['test_aux_accuracy'] == pytest.approx(
+      trained['test_aux_accuracy'], abs=1e-6
+  )
+  assert out['test_accuracy'] == pytest.approx(
+      trained['test_accuracy'], abs=1e-6
   )

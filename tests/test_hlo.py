@@ -54,7 +54,7 @@ def test_bf16_step_has_no_f32_convolutions_or_matmuls(
   s = build.setup(config, ds, mesh)
   fn = steps.make_train_fn(s, mesh, 'none', on_device=True)
   text = fn.lower(
-      s.state, ds.train_images, ds.train_labels, np.zeros((2, 16), np.int32)
+      s.state, ds.train.arrays, np.zeros((2, 16), np.int32)
   ).as_text()
   convs = _operand_dtypes(text, 'convolution')
   dots = _operand_dtypes(text, 'dot_general')

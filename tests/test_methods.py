@@ -57,7 +57,9 @@ def _fixed_batches(ds, mesh, steps):
   images = np.repeat(ds.train_images[None, :B], steps, axis=0)
   labels = np.repeat(ds.train_labels[None, :B], steps, axis=0)
   return parallel.put_local_batch(
-      (images, labels), mesh, jax.sharding.PartitionSpec(None, 'data')
+      {'image': images, 'label': labels},
+      mesh,
+      jax.sharding.PartitionSpec(None, 'data'),
   )
 
 
@@ -85,10 +87,11 @@ def test_steps_lower_the_training_loss_on_a_fixed_batch(tiny_data_dir, method):
   ds, mesh, s = _setup(config)
   fn = _train_fn(config, mesh, s)
   g = _fixed_batches(ds, mesh, 6)
-  state, m1 = fn(s.state, g[0][:1], g[1][:1])
+  first = lambda b, sl: {k: v[sl] for k, v in b.items()}
+  state, m1 = fn(s.state, first(g, slice(None, 1)))
   if method['name'] == 'free':
     delta1 = np.asarray(state.method_state['per_example']['delta'])
-  state, m2 = fn(state, g[0][1:], g[1][1:])
+  state, m2 = fn(state, first(g, slice(1, None)))
   m = method.get('replays', 1)
   assert int(state.step) == 6 * m  # Free: m optimizer updates per batch
   assert float(m2['loss'][1]) == 5 * m * B
@@ -196,7 +199,7 @@ def test_pgd_with_clean_weight_one_is_the_standard_step(tiny_data_dir):
     config = _config(tiny_data_dir, method)
     ds, mesh, s = _setup(config)
     g = _fixed_batches(ds, mesh, 2)
-    state, _ = _train_fn(config, mesh, s)(s.state, *g)
+    state, _ = _train_fn(config, mesh, s)(s.state, g)
     params.append(state.params)
   for a, b in zip(*map(jax.tree_util.tree_leaves, params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -370,8 +373,8 @@ def test_each_step_draws_a_fresh_rng(tiny_data_dir):
   fn = _train_fn(config, mesh, s)
   copy = lambda st: jax.tree_util.tree_map(jnp.copy, st)  # fn donates
   later = copy(s.state).replace(step=s.state.step + 1)
-  _, m0 = fn(copy(s.state), *_fixed_batches(ds, mesh, 1))
-  _, m1 = fn(later, *_fixed_batches(ds, mesh, 1))
+  _, m0 = fn(copy(s.state), _fixed_batches(ds, mesh, 1))
+  _, m1 = fn(later, _fixed_batches(ds, mesh, 1))
   assert float(m0['loss'][0]) != float(m1['loss'][0])
-  _, again = fn(copy(s.state), *_fixed_batches(ds, mesh, 1))
+  _, again = fn(copy(s.state), _fixed_batches(ds, mesh, 1))
   assert float(again['loss'][0]) == float(m0['loss'][0])  # and is seeded

@@ -7,6 +7,7 @@ per module and copied into each test's tmp_path. Items 7, 8, 9, 11 and 14 and
 the workdir helpers are tested in test_first_contact.py and test_rundir.py.
 """
 
+import collections
 import contextlib
 import errno
 import io
@@ -23,9 +24,10 @@ from conftest import make_tiny_mnist, tiny_config
 from jaxadv import checkpoint as ckpt_lib
 from jaxadv import cli
 from jaxadv import data
-from jaxadv import evaluate
+from jaxadv import evaluation as evaluate
 from jaxadv import rundir
 from jaxadv import runs
+from jaxadv import tb_events
 from jaxadv.errors import ConfigError
 
 ATTACK = 'fgsm(eps=0.1)'
@@ -119,6 +121,17 @@ def _assert_metrics_unique(workdir, last_step):
   assert logged == list(range(2, last_step + 1, 2)), logged
   evals = [r['step'] for r in records if 'test_accuracy' in r]
   assert evals == sorted(set(evals)) and evals[-1] == last_step, evals
+  # TensorBoard agrees: each step once per tag, the same steps as the jsonl.
+  scalars = tb_events.read_scalars(os.path.join(workdir, 'tensorboard'))
+  steps = collections.defaultdict(list)
+  for tag, step, _ in scalars:
+    steps[tag].append(step)
+  assert steps['train/loss'] == logged, steps['train/loss']
+  assert steps['test/accuracy'] == evals, steps['test/accuracy']
+  by_step = {r['step']: r['loss'] for r in records if 'loss' in r}
+  for tag, step, value in scalars:
+    if tag == 'train/loss':
+      assert value == pytest.approx(by_step[step], rel=1e-6)
 
 
 def _table_row(text, name):

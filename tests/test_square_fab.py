@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from jax import lax
 
 from jaxadv import attacks as A
-from jaxadv import sanity
+from jaxadv.evaluation import sanity
 from jaxadv.attacks import autoattack
 
 # The package exports the functions square and fab under the names of their modules.

@@ -105,10 +105,14 @@ def test_evaluation_does_not_import_the_trainer():
     return seen
 
   for module in (
-      'jaxadv.evaluate',
+      'jaxadv.evaluation',
+      'jaxadv.evaluation.evaluators',
+      'jaxadv.evaluation.suite',
+      'jaxadv.data',
+      'jaxadv.tools.transfer',
       'jaxadv.runs',
       'jaxadv.eval_run',
-      'jaxadv.sweep',
+      'jaxadv.tools.sweep',
       'jaxadv.build',
   ):
     assert 'jaxadv.train' not in reach(module), module

@@ -39,8 +39,8 @@ def test_steps_lower_the_loss_on_a_fixed_batch(tiny_data_dir, model):
   g = parallel.put_local_batch(
       (images, labels), mesh, jax.sharding.PartitionSpec(None, 'data')
   )
-  state, m1 = fn(s.state, g[0][:1], g[1][:1])
-  state, m2 = fn(state, *g)
+  state, m1 = fn(s.state, {'image': g[0][:1], 'label': g[1][:1]})
+  state, m2 = fn(state, {'image': g[0], 'label': g[1]})
   first = float(m1['loss'][0] / m1['loss'][1])
   later = float(m2['loss'][0] / m2['loss'][1])
   assert int(state.step) == 6
@@ -496,11 +496,14 @@ def test_checkpoint_round_trips_the_whole_state(tiny_data_dir, tmp_path):
   ds, mesh, s = _setup(config)
   fn = steps.make_train_fn(s, mesh, 'none')
   g = parallel.put_local_batch(
-      (ds.train_images[None, :64], ds.train_labels[None, :64]),
+      {
+          'image': ds.train_images[None, :64],
+          'label': ds.train_labels[None, :64],
+      },
       mesh,
       jax.sharding.PartitionSpec(None, 'data'),
   )
-  state, _ = fn(s.state, *g)
+  state, _ = fn(s.state, g)
   ck = ckpt_lib.Checkpointer(str(tmp_path / 'ck'))
   ck.save(int(state.step), state, {'note': 'x'})
   ck.wait()

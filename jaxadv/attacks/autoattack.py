@@ -3,7 +3,7 @@ ensemble of diverse parameter-free attacks") as data: the ordered component atta
 specs, so an evaluation runner can run each on the points still robust after the previous ones.
 
 The runner that compacts to the still-robust points between components lives in
-jaxadv/evaluate.py (evaluate.run_attacks, via evaluate.robust_flags per component);
+jaxadv/evaluation/suite.py (run_autoattack, via evaluators.robust_flags per component);
 `autoattack_batch` here runs the same sequence on a fixed batch from plain JAX code.
 
 Settings follow fra31/auto-attack's autoattack.py (set_version): 'standard' is APGD-CE (100
@@ -87,7 +87,7 @@ def autoattack_batch(
 
   Component i uses key jax.random.fold_in(rng, i); eps may be traced. The robust accuracy is
   the reference's (up to the attacks' random draws), but every component spends its full cost
-  on every example; the evaluation runner (evaluate.run_attacks) instead compacts the batch to
+  on every example; the evaluation runner (evaluation.run_attacks) instead compacts the batch to
   the points still robust between components, which is much faster on robust models.
 
   Returns:

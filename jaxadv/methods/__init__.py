@@ -15,9 +15,13 @@ and optionally
                             optimizer: `ctx.network(...)`), frozen networks
                             (`ctx.load_frozen(workdir)`), method_state
   eval_metrics(ctx) -> fn(state, batch) -> {name: (sum, count)}
-                            what the trainer evaluates on the test split
-                            (batch has 'image', 'label', 'mask'); default
-                            top-1 accuracy of the main network
+                            what training's test evaluation and --mode eval
+                            report (one code path; batch has every feature,
+                            'mask', 'index' and 'rng', a key per example);
+                            default top-1 accuracy of the main network
+  metric_finalizers(ctx) -> {name: fn(mean) -> value}
+                            e.g. math.sqrt: a mean squared error reported
+                            as an RMSE (train and eval metrics alike)
   updates_per_batch(config) -> int   updates one train_step makes (Free: m)
   trains_clean_bn(config) -> bool    whether training makes clean passes
                             (False: the method cannot use model.dual_bn)
@@ -102,6 +106,18 @@ def restore_keys(method, config):
   batch-shaped); a method lists them in RESTORE_KEYS."""
   del config
   return tuple(getattr(method, 'RESTORE_KEYS', ()))
+
+
+def eval_metrics(method, ctx):
+  """(metrics_fn(state, batch) -> {name: (sum, count)}, finalizers) of a
+  method: its eval_metrics and metric_finalizers, or top-1 accuracy."""
+  from jaxadv.methods import common  # pylint: disable=g-import-not-at-top
+
+  fn = getattr(method, 'eval_metrics', None)
+  fin = getattr(method, 'metric_finalizers', None)
+  return (fn(ctx) if fn else common.accuracy_metrics), (
+      dict(fin(ctx)) if fin else {}
+  )
 
 
 def init_parts(method, ctx, rng):

@@ -21,27 +21,30 @@ def cross_entropy(logits, labels):
   )
 
 
-def forward(net, params, x, *, train, adv=False):
+def forward(net, params, x, *, train, adv=False, **kwargs):
   """Pass of `net` (a train_state.Network, or a TrainState for its main
   network) on pixels x in [0, 1].
 
-  Returns (logits, stat_updates). In train mode BatchNorm normalizes with
-  batch statistics and `stat_updates` holds the new running statistics of
-  the collection this pass used ('batch_stats', or 'batch_stats_adv' for
-  adv=True on a dual-BN model); in eval mode it is {}.
+  Returns (output, stat_updates): the model's output (logits; with
+  features=True the pair (logits, representation)); kwargs go to the
+  model's call (features=True, or method=... for a Linen method). In train
+  mode BatchNorm normalizes with batch statistics and `stat_updates` holds
+  the new running statistics of the collection this pass used
+  ('batch_stats', or 'batch_stats_adv' for adv=True on a dual-BN model); in
+  eval mode it is {}.
   """
   variables = net.variables(params)
   if not train:
-    return net.apply_fn(variables, x, train=False, adv=adv), {}
+    return net.apply_fn(variables, x, train=False, adv=adv, **kwargs), {}
   collection = (
       'batch_stats_adv' if adv and net.batch_stats_adv else 'batch_stats'
   )
   if collection not in variables:  # a model without BatchNorm
-    return net.apply_fn(variables, x, train=True, adv=adv), {}
-  logits, updates = net.apply_fn(
-      variables, x, train=True, adv=adv, mutable=[collection]
+    return net.apply_fn(variables, x, train=True, adv=adv, **kwargs), {}
+  out, updates = net.apply_fn(
+      variables, x, train=True, adv=adv, mutable=[collection], **kwargs
   )
-  return logits, dict(updates)
+  return out, dict(updates)
 
 
 def logits_fn(net, params=None, adv=False):

@@ -173,3 +173,25 @@ def make_train_step(ctx):
     }
 
   return train_step
+
+
+def eval_metrics(ctx):
+  """fn(state, batch) -> 'accuracy' of the main network and 'aux_accuracy':
+  how often the auxiliary network reads the class from the masked input
+  gradient g of a test image (both networks in inference mode). GREAT
+  drives it down; a high value means the gradient still carries the
+  class."""
+  del ctx
+
+  def metrics(state, batch):
+    out = common.accuracy_metrics(state, batch)
+    g = ga.masked_input_gradient(
+        state.logits_fn(), batch['image'], batch['label']
+    )
+    aux_logits = state.nets['aux'].logits_fn()(g)
+    out['aux_accuracy'] = common.summed(
+        common.correct(aux_logits, batch['label']), batch['mask']
+    )
+    return out
+
+  return metrics

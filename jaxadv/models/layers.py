@@ -160,8 +160,11 @@ def get_activation(name: str) -> Callable:
 class ModelBase(nn.Module):
   """Fields shared by all models (see `jaxadv.models.get_model`).
 
-  Subclasses implement `__call__(x, train=False, adv=False)`: x is NHWC float, pixels in
-  [0, 1] (any float dtype); returns float32 logits of shape (N, num_classes).
+  Subclasses implement `__call__(x, train=False, adv=False, features=False)`: x is NHWC
+  float, pixels in [0, 1] (any float dtype); returns float32 logits of shape
+  (N, num_classes), or with features=True the pair (logits, representation): the
+  penultimate activations (N, D) in float32, the input of the final dense layer (the
+  "representation layer" of feature visualization and representation interpolation).
   """
 
   num_classes: int = 10
@@ -178,6 +181,14 @@ class ModelBase(nn.Module):
 
   def norm(self, train: bool):
     return make_norm(train, self.dual_bn, self.bn_axis_name, self.dtype)
+
+  @staticmethod
+  def output(logits, representation, features: bool):
+    """float32 logits, or (logits, representation) when `features`."""
+    logits = logits.astype(jnp.float32)
+    if features:
+      return logits, representation.astype(jnp.float32)
+    return logits
 
 
 def conv(

@@ -124,7 +124,9 @@ class PreActResNet(ModelBase):
   init_scheme: str = 'he'  # not `init`: that is Module.init
 
   @nn.compact
-  def __call__(self, x, train: bool = False, adv: bool = False):
+  def __call__(
+      self, x, train: bool = False, adv: bool = False, features: bool = False
+  ):
     kernel_init = (
         torch_default_init if self.init_scheme == 'torch' else conv_init
     )
@@ -151,13 +153,14 @@ class PreActResNet(ModelBase):
         )(x, adv)
     x = act(norm(name='bn_final')(x, adv))
     x = jnp.mean(x, axis=(1, 2))
-    return dense(
+    logits = dense(
         self.num_classes,
         dtype=self.dtype,
         name='fc',
         fan_in=x.shape[-1],
         init=self.init_scheme,
-    )(x).astype(jnp.float32)
+    )(x)
+    return self.output(logits, x, features)
 
 
 class ResNet(ModelBase):
@@ -172,9 +175,12 @@ class ResNet(ModelBase):
   block: str = 'basic'  # 'basic' | 'bottleneck'
   stem: str = 'cifar'  # 'cifar' | 'imagenet'
   in_channels: Optional[int] = None
+  width: int = 64  # channels of the first stage (stage i: width * 2**i)
 
   @nn.compact
-  def __call__(self, x, train: bool = False, adv: bool = False):
+  def __call__(
+      self, x, train: bool = False, adv: bool = False, features: bool = False
+  ):
     if self.in_channels is not None and x.shape[-1] != self.in_channels:
       raise ValueError(
           f'expected {self.in_channels} input channels, got shape {x.shape}'
@@ -185,21 +191,21 @@ class ResNet(ModelBase):
     if self.stem == 'imagenet':
       x = act(
           norm(name='stem_bn')(
-              conv(64, 7, 2, dtype=self.dtype, name='stem')(x), adv
+              conv(self.width, 7, 2, dtype=self.dtype, name='stem')(x), adv
           )
       )
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = act(
           norm(name='stem_bn')(
-              conv(64, 3, dtype=self.dtype, name='stem')(x), adv
+              conv(self.width, 3, dtype=self.dtype, name='stem')(x), adv
           )
       )
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
         x = block_cls(
-            64 * 2**i,
+            self.width * 2**i,
             strides,
             norm,
             act,
@@ -207,9 +213,8 @@ class ResNet(ModelBase):
             name=f'stage{i + 1}_block{j + 1}',
         )(x, adv)
     x = jnp.mean(x, axis=(1, 2))
-    return dense(self.num_classes, dtype=self.dtype, name='fc')(x).astype(
-        jnp.float32
-    )
+    logits = dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+    return self.output(logits, x, features)
 
 
 _STEMS = ('cifar', 'imagenet')
@@ -231,20 +236,32 @@ def preact_resnet18(*, init: str = 'he', **common):
   return PreActResNet(init_scheme=init, **common)
 
 
-def resnet18(*, stem: str = 'cifar', **common):
+def resnet18(*, stem: str = 'cifar', width: int = 64, **common):
+  """width: channels of the first stage (64; smaller for CPU-scale runs)."""
   return ResNet(
-      stage_sizes=(2, 2, 2, 2), block='basic', stem=_check_stem(stem), **common
+      width=width,
+      stage_sizes=(2, 2, 2, 2),
+      block='basic',
+      stem=_check_stem(stem),
+      **common,
   )
 
 
-def resnet34(*, stem: str = 'cifar', **common):
+def resnet34(*, stem: str = 'cifar', width: int = 64, **common):
+  """width: channels of the first stage (64; smaller for CPU-scale runs)."""
   return ResNet(
-      stage_sizes=(3, 4, 6, 3), block='basic', stem=_check_stem(stem), **common
+      width=width,
+      stage_sizes=(3, 4, 6, 3),
+      block='basic',
+      stem=_check_stem(stem),
+      **common,
   )
 
 
-def resnet50(*, stem: str = 'cifar', **common):
+def resnet50(*, stem: str = 'cifar', width: int = 64, **common):
+  """width: channels of the first stage (64; smaller for CPU-scale runs)."""
   return ResNet(
+      width=width,
       stage_sizes=(3, 4, 6, 3),
       block='bottleneck',
       stem=_check_stem(stem),

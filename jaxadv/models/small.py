@@ -22,12 +22,14 @@ class MnistCNN(ModelBase):
   """
 
   @nn.compact
-  def __call__(self, x, train: bool = False, adv: bool = False):
+  def __call__(
+      self, x, train: bool = False, adv: bool = False, features: bool = False
+  ):
     act = get_activation(self.activation)
     x = self.prepare(x)
-    for i, features in enumerate((32, 64)):
+    for i, channels in enumerate((32, 64)):
       x = nn.Conv(
-          features,
+          channels,
           (5, 5),
           padding='SAME',
           dtype=self.dtype,
@@ -38,9 +40,8 @@ class MnistCNN(ModelBase):
       x = nn.max_pool(act(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = act(dense(1024, dtype=self.dtype, name='fc1')(x))
-    return dense(self.num_classes, dtype=self.dtype, name='fc2')(x).astype(
-        jnp.float32
-    )
+    logits = dense(self.num_classes, dtype=self.dtype, name='fc2')(x)
+    return self.output(logits, x, features)
 
 
 class WongMnistNet(ModelBase):
@@ -51,13 +52,15 @@ class WongMnistNet(ModelBase):
   """
 
   @nn.compact
-  def __call__(self, x, train: bool = False, adv: bool = False):
+  def __call__(
+      self, x, train: bool = False, adv: bool = False, features: bool = False
+  ):
     act = get_activation(self.activation)
     x = self.prepare(x)
-    for i, features in enumerate((16, 32)):
+    for i, channels in enumerate((16, 32)):
       x = act(
           nn.Conv(
-              features,
+              channels,
               (4, 4),
               (2, 2),
               padding=((1, 1), (1, 1)),
@@ -77,13 +80,14 @@ class WongMnistNet(ModelBase):
             name='fc1',
         )(x)
     )
-    return nn.Dense(
+    logits = nn.Dense(
         self.num_classes,
         dtype=self.dtype,
         param_dtype=jnp.float32,
         kernel_init=torch_default_init,
         name='fc2',
-    )(x).astype(jnp.float32)
+    )(x)
+    return self.output(logits, x, features)
 
 
 class CNN5(ModelBase):
@@ -91,18 +95,19 @@ class CNN5(ModelBase):
   flatten, fc128 + activation, fc. Input (N, H, W, C) in [0, 1]."""
 
   @nn.compact
-  def __call__(self, x, train: bool = False, adv: bool = False):
+  def __call__(
+      self, x, train: bool = False, adv: bool = False, features: bool = False
+  ):
     act = get_activation(self.activation)
     norm = self.norm(train)
     x = self.prepare(x)
-    for i, (features, strides) in enumerate(((32, 1), (64, 2), (128, 2))):
-      x = conv(features, 3, strides, dtype=self.dtype, name=f'conv{i + 1}')(x)
+    for i, (channels, strides) in enumerate(((32, 1), (64, 2), (128, 2))):
+      x = conv(channels, 3, strides, dtype=self.dtype, name=f'conv{i + 1}')(x)
       x = act(norm(name=f'bn{i + 1}')(x, adv))
     x = x.reshape(x.shape[0], -1)
     x = act(dense(128, dtype=self.dtype, name='fc1')(x))
-    return dense(self.num_classes, dtype=self.dtype, name='fc2')(x).astype(
-        jnp.float32
-    )
+    logits = dense(self.num_classes, dtype=self.dtype, name='fc2')(x)
+    return self.output(logits, x, features)
 
 
 def mnist_cnn(**common):

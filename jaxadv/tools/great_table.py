@@ -1,7 +1,7 @@
 """GREAT's Table 1 (Sinha et al. 2018) from trained runs, plus the attacks
 that see through gradient masking.
 
-  python -m jaxadv.great_table --workdirs runs/b,runs/a,runs/ce,runs/at,runs/both \
+  python -m jaxadv.tools.great_table --workdirs runs/b,runs/a,runs/ce,runs/at,runs/both \
       --labels Baseline,Adversarial,GREACE,GREAT,'GRE(AT+CE)' --out runs/table1
 
 For every run: accuracy on its own training split (the paper's "train"
@@ -18,11 +18,12 @@ import os
 import sys
 import time
 
-from jaxadv import evaluate
+from jaxadv import evaluation
+from jaxadv.tools import common as tool_args
 from jaxadv import methods as methods_lib
-from jaxadv import reports
+from jaxadv.evaluation import reports
 from jaxadv import runs
-from jaxadv import sanity
+from jaxadv.evaluation import sanity
 
 
 def _column(record):
@@ -50,7 +51,7 @@ def evaluate_run(workdir, label, num_examples=None):
   model=label)."""
   run = runs.load_run(workdir)
   c = run.config
-  train_acc, n_train = evaluate.accuracy(
+  train_acc, n_train = evaluation.accuracy(
       run.state,
       run.dataset.train_images,
       run.dataset.train_labels,
@@ -60,10 +61,9 @@ def evaluate_run(workdir, label, num_examples=None):
   )
   settings = methods_lib.settings(methods_lib.get_method(c.method.name), c)
   t0 = time.time()
-  records = evaluate.run_attacks(
+  records = evaluation.run_attacks(
       run.state,
-      run.dataset.test_images,
-      run.dataset.test_labels,
+      run.dataset.test,
       c.eval.attacks,
       mesh=run.mesh,
       specs=run.specs,
@@ -123,8 +123,8 @@ def main(argv=None):
   )
   args = p.parse_args(argv)
   try:
-    workdirs = evaluate.parse_list(args.workdirs)
-    labels = evaluate.workdir_labels(args.labels, workdirs)
+    workdirs = tool_args.parse_list(args.workdirs)
+    labels = tool_args.workdir_labels(args.labels, workdirs)
     for w in workdirs:
       if not os.path.isdir(w):
         raise ValueError(f'--workdirs: {w} is not a run folder')

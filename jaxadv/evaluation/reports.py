@@ -6,7 +6,7 @@ import os
 
 import jax
 
-from jaxadv import sanity
+from jaxadv.evaluation import sanity
 
 
 def markdown_table(

@@ -1,7 +1,7 @@
 """Black-box transfer: adversarial examples crafted white-box on each source
 model, evaluated on every target model.
 
-  python -m jaxadv.transfer --workdirs runs/a,runs/b,runs/c \
+  python -m jaxadv.tools.transfer --workdirs runs/a,runs/b,runs/c \
       --attack 'pgd(eps=0.3, steps=40)' --out runs/transfer \
       [--num_examples N] [--labels a,b,c] [--seed S]
 
@@ -9,7 +9,7 @@ The result is a source x target accuracy matrix: row = the model the attack
 ran on (source), column = the model evaluated (target). The diagonal is
 white-box accuracy, the off-diagonal black-box (transfer) accuracy; a column
 whose off-diagonal entries fall below its diagonal entry means the white-box
-attack on that target is failing (see jaxadv.sanity). Every model
+attack on that target is failing (see jaxadv.evaluation.sanity). Every model
 sees the same seeded test subset, and each source's examples are crafted
 once and reused for every target.
 """
@@ -20,10 +20,11 @@ import sys
 import time
 
 from jaxadv import attacks
-from jaxadv import evaluate
+from jaxadv import evaluation
+from jaxadv.tools import common as tool_args
 from jaxadv import runs
-from jaxadv import reports
-from jaxadv import sanity
+from jaxadv.evaluation import reports
+from jaxadv.evaluation import sanity
 
 
 def transfer_matrix(
@@ -60,7 +61,7 @@ def transfer_matrix(
   """
   spec = attacks.parse_attack(attack) if isinstance(attack, str) else attack
   attack_fn = attacks.make_attack(spec)
-  images, labels = evaluate.subset(images, labels, num_examples, seed)
+  images, labels = evaluation.subset(images, labels, num_examples, seed)
   names = list(models)
   targets = names if targets is None else list(targets)
   unknown = sorted(set(targets) - set(names))
@@ -68,12 +69,13 @@ def transfer_matrix(
     raise ValueError(f'unknown target models {unknown}; valid: {names}')
   # One compiled clean-accuracy function per target, reused for every source.
   fns = {
-      t: evaluate.make_accuracy_fn(models[t][2], models[t][1]) for t in targets
+      t: evaluation.make_accuracy_fn(models[t][2], models[t][1])
+      for t in targets
   }
   clean = {}
   for t in targets:
     state, specs, mesh = models[t]
-    clean[t] = evaluate.accuracy(
+    clean[t] = evaluation.accuracy(
         state,
         images,
         labels,
@@ -143,7 +145,7 @@ def _source_row(
     t_state, t_specs, t_mesh = models[t]
     t1 = time.time()
     # Counted as robust accuracy: correct on x_adv and on x.
-    acc, n = evaluate.accuracy(
+    acc, n = evaluation.accuracy(
         t_state,
         (x_adv, images),
         labels,
@@ -154,15 +156,17 @@ def _source_row(
     )
     row.append(acc)
     records.append(
-        evaluate.record(spec, acc, n, seed, time.time() - t1, source=s, model=t)
+        evaluation.record(
+            spec, acc, n, seed, time.time() - t1, source=s, model=t
+        )
     )
   return row, records, crafting
 
 
 def adversarial_examples(*args, **kwargs):
-  """evaluate.adversarial_examples (a module attribute so tests can count
+  """evaluation.adversarial_examples (a module attribute so tests can count
   the calls)."""
-  return evaluate.adversarial_examples(*args, **kwargs)
+  return evaluation.adversarial_examples(*args, **kwargs)
 
 
 def transfer_markdown(result):
@@ -207,7 +211,7 @@ def write_transfer_report(result, out_dir, name='transfer'):
 
 def main(argv=None):
   p = argparse.ArgumentParser(
-      prog='python -m jaxadv.transfer',
+      prog='python -m jaxadv.tools.transfer',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
@@ -219,7 +223,7 @@ def main(argv=None):
       required=True,
       help="attack spec, e.g. 'pgd(eps=0.3, steps=40)'",
   )
-  evaluate.add_report_args(p)
+  tool_args.add_report_args(p)
   p.add_argument(
       '--batch_size',
       type=int,
@@ -229,8 +233,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   try:
     spec = attacks.parse_attack(args.attack)
-    workdirs = evaluate.parse_list(args.workdirs)
-    labels = evaluate.workdir_labels(args.labels, workdirs)
+    workdirs = tool_args.parse_list(args.workdirs)
+    labels = tool_args.workdir_labels(args.labels, workdirs)
     models, mesh, first = {}, None, None
     for label, workdir in zip(labels, workdirs):
       config, state, specs, mesh, ds = runs.load_run(workdir, mesh)

@@ -1,7 +1,7 @@
 """Saliency maps (input gradients) of several trained models on the same
 test images, in one PNG: GREAT's Figure 4 (left).
 
-  python -m jaxadv.saliency --workdirs runs/a,runs/b --labels A,B \
+  python -m jaxadv.tools.saliency --workdirs runs/a,runs/b --labels A,B \
       --num_images 3 --out runs/saliency.png
 
 Saliency of image x for model f: |d CE(f(x), y) / dx|, the maximum over
@@ -17,7 +17,8 @@ import jax
 import numpy as np
 
 from jaxadv import data
-from jaxadv import evaluate
+from jaxadv import evaluation
+from jaxadv.tools import common as tool_args
 from jaxadv import runs
 from jaxadv.methods import common
 
@@ -75,8 +76,8 @@ def main(argv=None):
   p.add_argument('--out', required=True, help='PNG path')
   args = p.parse_args(argv)
   try:
-    workdirs = evaluate.parse_list(args.workdirs)
-    labels = evaluate.workdir_labels(args.labels, workdirs)
+    workdirs = tool_args.parse_list(args.workdirs)
+    labels = tool_args.workdir_labels(args.labels, workdirs)
     if args.num_images < 1:
       raise ValueError('--num_images must be >= 1')
   except ValueError as e:
@@ -86,7 +87,7 @@ def main(argv=None):
   for w in workdirs:
     run = runs.load_run(w)
     if images is None:
-      images, y = evaluate.subset(
+      images, y = evaluation.subset(
           run.dataset.test_images,
           run.dataset.test_labels,
           args.num_images,

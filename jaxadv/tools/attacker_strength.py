@@ -1,6 +1,6 @@
 """Attacker-strength study (Bhat, Tsipras and Madry 2018, Section 4, Table 1).
 
-  python -m jaxadv.attacker_strength --config configs/mnist_pgd.py \
+  python -m jaxadv.tools.attacker_strength --config configs/mnist_pgd.py \
       --workdir runs/kappa [--kappas 1,4,8,128] [--num_examples 1000] \
       [--config.num_epochs=4 ...]
 
@@ -23,10 +23,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from jaxadv import evaluate
 from jaxadv import runs
 from jaxadv import train
-from jaxadv import transfer
+from jaxadv.tools import transfer
 
 config_flags.DEFINE_config_file(
     'config',

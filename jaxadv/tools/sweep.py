@@ -1,7 +1,7 @@
 """Robust accuracy versus eps: one attack template, a list of eps, one curve
 per model, saved as numbers (sweep.json, sweep.md) and a plot (sweep.png).
 
-  python -m jaxadv.sweep --workdirs runs/a,runs/b \
+  python -m jaxadv.tools.sweep --workdirs runs/a,runs/b \
       --attack 'pgd(norm=l2, steps=20)' --eps 0,0.25,0.5,1,1.5,2 \
       --out runs/sweep [--num_examples N] [--labels a,b] [--seed S]
 
@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import attacks
-from jaxadv import evaluate
+from jaxadv import evaluation
+from jaxadv.tools import common as tool_args
 from jaxadv import runs
-from jaxadv import reports
-from jaxadv import sanity
+from jaxadv.evaluation import reports
+from jaxadv.evaluation import sanity
 
 _SPEC_RE = re.compile(r'^\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*$', re.S)
 
@@ -87,20 +88,22 @@ def robust_accuracy_vs_eps(
     seed=0,
 ):
   """Accuracy under `attack_template` at each eps (pixel scale), one record
-  per eps (evaluate.run_attacks' format), on one seeded subset.
+  per eps (evaluation.run_attacks' format), on one seeded subset.
 
   Every point uses the same examples and the same attack keys (`seed`).
   """
-  images, labels = evaluate.subset(images, labels, num_examples, seed)
+  images, labels = evaluation.subset(images, labels, num_examples, seed)
   point_specs = [attack_at_eps(attack_template, e) for e in eps_list]
   shared = _traced_eps_attack(point_specs[0]) if point_specs else None
-  shared_fn = evaluate.make_accuracy_fn(mesh, specs, shared) if shared else None
+  shared_fn = (
+      evaluation.make_accuracy_fn(mesh, specs, shared) if shared else None
+  )
   records = []
   for spec in point_specs:
     t0 = time.time()
     if shared_fn is not None:
       eps = jnp.asarray(spec.kwargs['eps'], jnp.float32)
-      acc, n = evaluate.accuracy(
+      acc, n = evaluation.accuracy(
           state,
           images,
           labels,
@@ -112,7 +115,7 @@ def robust_accuracy_vs_eps(
           attack_args=(eps,),
       )
     else:
-      acc, n = evaluate.accuracy(
+      acc, n = evaluation.accuracy(
           state,
           images,
           labels,
@@ -122,7 +125,7 @@ def robust_accuracy_vs_eps(
           attack=attacks.make_attack(spec),
           seed=seed,
       )
-    records.append(evaluate.record(spec, acc, n, seed, time.time() - t0))
+    records.append(evaluation.record(spec, acc, n, seed, time.time() - t0))
   return records
 
 
@@ -175,7 +178,7 @@ def sweep_markdown(curves):
 
 def _parser():
   p = argparse.ArgumentParser(
-      prog='python -m jaxadv.sweep',
+      prog='python -m jaxadv.tools.sweep',
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
   )
@@ -192,7 +195,7 @@ def _parser():
       required=True,
       help='comma-separated eps in pixel scale, e.g. 0,0.5,8/255',
   )
-  evaluate.add_report_args(p)
+  tool_args.add_report_args(p)
   p.add_argument(
       '--batch_size',
       type=int,
@@ -204,9 +207,9 @@ def _parser():
 
 def _curves(args):
   """Loads every run, then sweeps each: (labels, workdirs, curves)."""
-  workdirs = evaluate.parse_list(args.workdirs)
-  labels = evaluate.workdir_labels(args.labels, workdirs)
-  eps_list = evaluate.parse_list(args.eps)
+  workdirs = tool_args.parse_list(args.workdirs)
+  labels = tool_args.workdir_labels(args.labels, workdirs)
+  eps_list = tool_args.parse_list(args.eps)
   if not eps_list:
     raise ValueError('--eps names no eps')
   for e in eps_list:
