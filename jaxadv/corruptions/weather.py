@@ -1,0 +1,247 @@
+"""Weather corruptions: snow, frost, fog.
+
+Each takes (rng, x) with x float (b, H, W, 3) in [0, 1] and returns the same
+shape in [0, 1]; image i draws from fold_in(rng, i). Frost reads the frost
+photographs from a folder the user names (they are not shipped here).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv.corruptions import _ops
+from jaxadv.corruptions import blur
+
+# Fog.
+
+
+def plasma_draw_shapes(mapsize: int):
+  """The shapes of the uniform draws of plasma_fractal, in draw order:
+  per level (stride mapsize, mapsize / 2, ..., 2) one (k, k) for the squares
+  and two (k, k) for the diamonds, k = mapsize / stride."""
+  shapes, step = [], mapsize
+  while step >= 2:
+    k = mapsize // step
+    shapes += [(k, k)] * 3
+    step //= 2
+  return shapes
+
+
+def plasma_from_uniforms(uniforms, mapsize: int, decay: float):
+  """make_cifar_c.py's plasma_fractal (diamond-square, after FLHerne's
+  mapgen) given its uniform draws: `uniforms` lists U[0, 1) arrays of
+  plasma_draw_shapes(mapsize). A level's offsets are wibble * U(-wibble,
+  wibble) (the reference scales by wibble twice), wibble = 100 at the first
+  level, divided by `decay` per level. Returns (mapsize, mapsize) in [0, 1].
+
+  The reference fills one strided array in place; here each level turns the
+  (k, k) grid of stride mapsize / k into the (2k, 2k) grid of half that
+  stride by interleaving the grid, its square centres and its two diamond
+  sets, which is the same arithmetic without scatters.
+  """
+  g = jnp.zeros((1, 1), jnp.float32)
+  wibble, draws = 100.0, iter(uniforms)
+
+  def wibbled_mean(total):
+    u = next(draws)
+    return total / 4 + wibble * (-wibble + 2 * wibble * u)
+
+  while g.shape[0] < mapsize:
+    k = g.shape[0]
+    sq = g + jnp.roll(g, -1, axis=0)
+    sq = wibbled_mean(sq + jnp.roll(sq, -1, axis=1))  # at (i + .5, j + .5)
+    lt = sq + jnp.roll(sq, 1, axis=0) + g + jnp.roll(g, -1, axis=1)
+    lt = wibbled_mean(lt)  # at (i, j + .5)
+    tt = sq + jnp.roll(sq, 1, axis=1) + g + jnp.roll(g, -1, axis=0)
+    tt = wibbled_mean(tt)  # at (i + .5, j)
+    even = jnp.stack([g, lt], axis=-1).reshape(k, 2 * k)
+    odd = jnp.stack([tt, sq], axis=-1).reshape(k, 2 * k)
+    g = jnp.stack([even, odd], axis=1).reshape(2 * k, 2 * k)
+    wibble /= decay
+  g = g - g.min()
+  return g / g.max()
+
+
+def plasma_fractal(key, mapsize: int, decay: float):
+  """A random plasma map (mapsize, mapsize) in [0, 1] (mapsize a power of
+  2), see plasma_from_uniforms."""
+  shapes = plasma_draw_shapes(mapsize)
+  keys = jax.random.split(key, len(shapes))
+  us = [jax.random.uniform(k, s) for k, s in zip(keys, shapes)]
+  return plasma_from_uniforms(us, mapsize, decay)
+
+
+def fog_with_map(x, noise_map, *, strength: float):
+  """make_cifar_c.py fog given the map (b, H, W) in [0, 1]: x + strength
+  map, rescaled by m / (m + strength) with m the image's maximum, clipped."""
+  top = jnp.max(x, axis=(1, 2, 3), keepdims=True)
+  out = (x + strength * noise_map[..., None]) * top / (top + strength)
+  return jnp.clip(out, 0.0, 1.0)
+
+
+def fog(rng, x, *, strength: float, decay: float):
+  """Fog: a plasma fractal of size the next power of two >= max(H, W) (32
+  for CIFAR, as make_cifar_c.py), its top-left H x W added (fog_with_map)."""
+  b, h, w, _ = x.shape
+  size = 1 << (max(h, w) - 1).bit_length()
+  maps = jax.vmap(lambda k: plasma_fractal(k, size, decay))(
+      _ops.image_keys(rng, b)
+  )
+  return fog_with_map(x, maps[:, :h, :w], strength=strength)
+
+
+# Snow.
+
+
+def snow_from_draws(x, normal, angles, *, loc, scale, zoom, threshold,
+                    blur_radius, blur_sigma, mix):  # fmt: skip
+  """make_cifar_c.py snow given its draws: normal (b, H, W) N(0, 1) and
+  angles (b,) in degrees.
+
+  The snow layer is loc + scale normal, zoomed by `zoom` (clipped_zoom),
+  zero below `threshold`, stored as uint8 (floored, as the reference's PIL
+  'L' image), motion blurred (blur_radius, blur_sigma, ImageMagick) and
+  stored as uint8 again (rounded). The image is whitened: mix x + (1 - mix)
+  max(x, 1.5 luma(x) + 0.5); the layer and its 180-degree rotation are
+  added; clipped.
+  """
+  h, w = x.shape[1], x.shape[2]
+  layer = loc + scale * normal[..., None]
+  layer = _ops.separable(
+      _ops.clipped_zoom_matrix(h, float(zoom)),
+      _ops.clipped_zoom_matrix(w, float(zoom)),
+      layer,
+  )
+  layer = jnp.where(layer < threshold, 0.0, layer)
+  layer = jnp.floor(jnp.clip(layer, 0.0, 1.0) * 255.0) / 255.0
+  layer = blur.motion_blur_at(
+      layer, angles, radius=blur_radius, sigma=blur_sigma
+  )
+  layer = jnp.round(layer * 255.0) / 255.0
+  bright = jnp.maximum(x, _ops.luma(x) * 1.5 + 0.5)
+  x = mix * x + (1 - mix) * bright
+  return jnp.clip(x + layer + layer[:, ::-1, ::-1], 0.0, 1.0)
+
+
+def snow(rng, x, *, loc, scale, zoom, threshold, blur_radius, blur_sigma,
+         mix, min_angle=-135.0, max_angle=-45.0):  # fmt: skip
+  """Snow (make_cifar_c.py): see snow_from_draws; the blur angle is uniform
+  in [min_angle, max_angle) degrees."""
+  b, h, w, _ = x.shape
+  keys = jax.vmap(jax.random.split)(_ops.image_keys(rng, b))
+  normal = jax.vmap(lambda k: jax.random.normal(k, (h, w)))(keys[:, 0])
+  angles = jax.vmap(
+      lambda k: jax.random.uniform(k, (), minval=min_angle, maxval=max_angle)
+  )(keys[:, 1])
+  return snow_from_draws(
+      x, normal, angles, loc=loc, scale=scale, zoom=zoom,
+      threshold=threshold, blur_radius=blur_radius, blur_sigma=blur_sigma,
+      mix=mix,
+  )  # fmt: skip
+
+
+# Frost.
+
+# The files make_cifar_c.py lists; np.random.randint(5) picks among the
+# first five, so frost6.jpg is never used.
+FROST_FILES = ('frost1.png', 'frost2.png', 'frost3.png', 'frost4.jpg',
+               'frost5.jpg')  # fmt: skip
+FROST_ENV = 'JAXADV_FROST_DIR'
+
+
+def find_frost_dir(frost_dir=None) -> str:
+  """The folder of the frost photographs: `frost_dir`, else $JAXADV_FROST_DIR,
+  else the `frost/` folder of an installed imagecorruptions package (found
+  without importing it). ValueError in one line if none holds them."""
+  candidates = [frost_dir, os.environ.get(FROST_ENV)]
+  if frost_dir is None and not candidates[1]:
+    import importlib.util  # pylint: disable=g-import-not-at-top
+
+    spec = importlib.util.find_spec('imagecorruptions')
+    if spec is not None and spec.submodule_search_locations:
+      candidates.append(
+          os.path.join(list(spec.submodule_search_locations)[0], 'frost')
+      )
+  for folder in candidates:
+    if folder and all(
+        os.path.isfile(os.path.join(folder, f)) for f in FROST_FILES
+    ):
+      return folder
+  where = frost_dir or os.environ.get(FROST_ENV) or 'no folder given'
+  raise ValueError(
+      f'frost needs the photographs {", ".join(FROST_FILES)} ({where}); '
+      f'pass frost_dir= or set {FROST_ENV} to a folder holding them (e.g. '
+      'the frost/ folder of `pip install imagecorruptions`)'
+  )
+
+
+def _cv2_linear_resize(img: np.ndarray, scale: float) -> np.ndarray:
+  """OpenCV's resize(img, (0, 0), fx=scale, fy=scale) with INTER_LINEAR
+  (half-pixel centres, edge clamp), in float then rounded to uint8. Exact
+  for scale 0.2, where every output pixel is the input pixel 5 i + 2."""
+  out = []
+  for axis in (0, 1):
+    n = img.shape[axis]
+    m = int(np.rint(n * scale))
+    pos = np.clip((np.arange(m) + 0.5) / scale - 0.5, 0, n - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    a = np.zeros((m, n))
+    np.add.at(a, (np.arange(m), lo), 1 - (pos - lo))
+    np.add.at(a, (np.arange(m), hi), pos - lo)
+    out.append(a)
+  res = np.einsum('ik,klc->ilc', out[0], img.astype(np.float64))
+  res = np.einsum('ilc,jl->ijc', res, out[1])
+  return np.clip(np.rint(res), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def load_frost(frost_dir: str, scale: float):
+  """The five frost photographs as RGB uint8, resized by `scale` (OpenCV
+  INTER_LINEAR, as make_cifar_c.py's 0.2), zero-padded to a common size.
+  Returns (stack (5, Hm, Wm, 3) uint8, sizes (5, 2) int32)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  imgs = []
+  for name in FROST_FILES:
+    with Image.open(os.path.join(frost_dir, name)) as im:
+      rgb = np.asarray(im.convert('RGB'))  # drops alpha, as cv2.imread
+    imgs.append(_cv2_linear_resize(rgb, scale))
+  sizes = np.array([i.shape[:2] for i in imgs], np.int32)
+  stack = np.zeros((len(imgs), *sizes.max(0), 3), np.uint8)
+  for k, im in enumerate(imgs):
+    stack[k, : im.shape[0], : im.shape[1]] = im
+  return stack, sizes
+
+
+def frost(rng, x, *, image_weight, frost_weight, frost_scale=0.2,
+          frost_dir=None):  # fmt: skip
+  """make_cifar_c.py frost: image_weight x + frost_weight crop, clipped,
+  where crop is an H x W window of one of the five photographs (resized by
+  frost_scale), photograph and window uniform (the window's start in [0,
+  size - H) as numpy's randint). See find_frost_dir for frost_dir."""
+  b, h, w, _ = x.shape
+  stack, sizes = load_frost(find_frost_dir(frost_dir), float(frost_scale))
+  small = sizes.min(0)
+  if small[0] <= h or small[1] <= w:
+    raise ValueError(
+        f'frost photographs resized by frost_scale={frost_scale} are '
+        f'{small[0]}x{small[1]} at the smallest, not larger than the '
+        f'{h}x{w} images; raise frost_scale'
+    )
+  stack_j, sizes_j = jnp.asarray(stack), jnp.asarray(sizes)
+
+  def crop(key):
+    k_img, k_y, k_x = jax.random.split(key, 3)
+    idx = jax.random.randint(k_img, (), 0, len(FROST_FILES))
+    y0 = jax.random.randint(k_y, (), 0, sizes_j[idx, 0] - h)
+    x0 = jax.random.randint(k_x, (), 0, sizes_j[idx, 1] - w)
+    return jax.lax.dynamic_slice(stack_j[idx], (y0, x0, 0), (h, w, 3))
+
+  crops = jax.vmap(crop)(_ops.image_keys(rng, b)).astype(x.dtype) / 255.0
+  return jnp.clip(image_weight * x + frost_weight * crops, 0.0, 1.0)
