@@ -21,9 +21,11 @@ Conventions:
   jax.random.fold_in(rng, i): the same key gives the same images, and a
   batch's corruption does not depend on its size. Give every batch its own
   key (fold in the batch index).
-- Computation is float32; parameters are static (they fix kernel sizes and
-  zoom operators), so `corrupt` compiles once per (name, severity, shape)
-  and can also be called inside a jitted function.
+- Computation is float32. Parameters that fix shapes or host-built
+  operators (kernel sizes, zoom and resize matrices: `STATIC_PARAMS`) are
+  static, the others are traced, so `corrupt` compiles once per corruption
+  and shape for most corruptions (up to 5 times for the rest), and can be
+  called inside a jitted function.
 - Channels: C = 3 (RGB) is the benchmark. C = 1 works too: the per-channel
   corruptions apply to the single channel; the colour ones (brightness,
   snow, frost, jpeg_compression) run on the grey image repeated to RGB and
@@ -150,6 +152,19 @@ REGISTRY = {
     'pixelate': (pixelate, False),
     'jpeg_compression': (jpeg_compression, True),
 }
+# The parameters that must be Python values (they fix shapes or are used on
+# the host); the others are passed traced, so the severities of a corruption
+# share one compiled program where these agree.
+STATIC_PARAMS = {
+    'defocus_blur': ('radius', 'alias_blur'),
+    'glass_blur': ('sigma', 'max_delta', 'iterations'),
+    'motion_blur': ('radius',),
+    'zoom_blur': ('zooms',),
+    'snow': ('zoom', 'blur_radius'),
+    'frost': ('frost_scale', 'frost_dir'),
+    'elastic_transform': ('sigma',),
+    'pixelate': ('factor',),
+}
 CORRUPTIONS = tuple(REGISTRY)
 
 
@@ -199,19 +214,17 @@ def _check_images(x):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(name, severity, grey, frost_dir):
+def _compiled(name, static, grey):
   fn, colour = REGISTRY[name]
-  kwargs = params(name, severity)
-  if name == 'frost':
-    kwargs['frost_dir'] = frost_dir
 
-  def run(rng, x):
+  def run(rng, x, dynamic):
     x32 = x.astype(jnp.float32)
     if grey and colour:
       rgb = jnp.repeat(x32, 3, axis=-1)
-      out = jnp.clip(_ops.luma(fn(rng, rgb, **kwargs)), 0.0, 1.0)
+      out = fn(rng, rgb, **dict(static), **dynamic)
+      out = jnp.clip(_ops.luma(out), 0.0, 1.0)
     else:
-      out = fn(rng, x32, **kwargs)
+      out = fn(rng, x32, **dict(static), **dynamic)
     return out.astype(x.dtype)
 
   return jax.jit(run)
@@ -225,9 +238,13 @@ def corrupt(name: str, severity: int, rng: jax.Array, x: jax.Array, *,
   folder of the frost photographs (frost only; see weather.find_frost_dir).
   """
   check_name(name)
-  check_severity(severity)
+  kwargs = params(name, severity)
   _check_images(x)
-  if name == 'frost':
-    frost_dir = weather.find_frost_dir(frost_dir)  # fails before compiling
-  fn = _compiled(name, int(severity), x.shape[-1] == 1, frost_dir)
-  return fn(rng, x)
+  if name == 'frost':  # fails before compiling if the photographs are absent
+    kwargs['frost_dir'] = weather.find_frost_dir(frost_dir)
+  static_keys = STATIC_PARAMS.get(name, ())
+  static = tuple((k, kwargs[k]) for k in static_keys)
+  dynamic = {
+      k: jnp.asarray(v) for k, v in kwargs.items() if k not in static_keys
+  }
+  return _compiled(name, static, x.shape[-1] == 1)(rng, x, dynamic)

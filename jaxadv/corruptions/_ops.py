@@ -28,6 +28,59 @@ def image_keys(rng: jax.Array, b: int) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(b))
 
 
+# Random numbers. XLA:CPU takes seconds to compile one threefry draw of an
+# image's size (2.7 s CPU for (8, 32, 32, 3) normals with jax 0.10, against
+# 0.3 s for 4 numbers), per corruption and shape. So each image's key gives
+# two 32-bit seeds through a small threefry draw, and the pixels' numbers
+# come from a counter-based hash of (seed, stream, index): two rounds of
+# MurmurHash3's 32-bit finalizer, which has full avalanche. The numbers are
+# the same on every backend and compile in a fraction of a second.
+
+
+def image_seeds(rng: jax.Array, b: int) -> jax.Array:
+  """uint32 (b, 2): image i's seeds, from fold_in(rng, i)."""
+  return jax.vmap(lambda k: jax.random.bits(k, (2,), jnp.uint32))(
+      image_keys(rng, b)
+  )
+
+
+def _fmix32(h):
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def hash_bits(seed: jax.Array, shape, stream: int) -> jax.Array:
+  """uint32 `shape` of random bits from one image's seed (2,) uint32; each
+  `stream` (a small int) is an independent sequence."""
+  n = int(np.prod(shape))
+  counter = jnp.arange(n, dtype=jnp.uint32)
+  s0 = _fmix32(seed[0] ^ jnp.uint32((0x9E3779B9 * (stream + 1)) % 2**32))
+  h = _fmix32(_fmix32(counter + s0) ^ seed[1])
+  return h.reshape(shape)
+
+
+def uniform(seed, shape, stream: int, lo=0.0, hi=1.0) -> jax.Array:
+  """float32 uniform in [lo, hi) (24 random bits)."""
+  u = (hash_bits(seed, shape, stream) >> 8).astype(jnp.float32) * 2.0**-24
+  return lo + (hi - lo) * u
+
+
+def normal(seed, shape, stream: int) -> jax.Array:
+  """float32 standard normal (Box-Muller on two uniform streams)."""
+  u1 = uniform(seed, shape, 2 * stream + 1000)
+  u2 = uniform(seed, shape, 2 * stream + 1001)
+  return jnp.sqrt(-2.0 * jnp.log1p(-u1)) * jnp.cos(2.0 * jnp.pi * u2)
+
+
+def randint(seed, shape, stream: int, lo, hi) -> jax.Array:
+  """int32 uniform in [lo, hi) (lo, hi may be traced; hi - lo << 2^24)."""
+  u = uniform(seed, shape, stream)
+  return lo + jnp.floor(u * (hi - lo)).astype(jnp.int32)
+
+
 def extend_index(j: np.ndarray, n: int, mode: str) -> np.ndarray:
   """Integer indices j (any, also far outside [0, n)) mapped into [0, n).
 

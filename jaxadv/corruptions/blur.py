@@ -72,13 +72,14 @@ def defocus_blur(rng, x, *, radius: float, alias_blur: float):
 # Glass blur.
 
 
-def glass_offsets(key, h: int, w: int, max_delta: int, iterations: int):
-  """The random moves of glass_blur: int32 (iterations, h - 2d, w - 2d, 2)
-  of (dx, dy), each uniform in [-d, d) (numpy randint's half-open range, as
-  the reference draws them), d = max_delta."""
+def glass_offsets(seed, h: int, w: int, max_delta: int, iterations: int):
+  """The random moves of glass_blur for one image (seed (2,) uint32): int32
+  (iterations, h - 2d, w - 2d, 2) of (dx, dy), each uniform in [-d, d)
+  (numpy randint's half-open range, as the reference draws them), d =
+  max_delta."""
   d = max_delta
   shape = (iterations, h - 2 * d, w - 2 * d, 2)
-  return jax.random.randint(key, shape, -d, d, dtype=jnp.int32)
+  return _ops.randint(seed, shape, 0, -d, d)
 
 
 def glass_source_index(offsets, h: int, w: int, max_delta: int):
@@ -131,9 +132,8 @@ def glass_blur(rng, x, *, sigma: float, max_delta: int, iterations: int):
   truncate 4), quantize to uint8, move pixels locally (glass_source_index),
   blur again, clip. sigma in pixels, max_delta in pixels."""
   b, h, w, _ = x.shape
-  keys = _ops.image_keys(rng, b)
-  offsets = jax.vmap(lambda k: glass_offsets(k, h, w, max_delta, iterations))(
-      keys
+  offsets = jax.vmap(lambda s: glass_offsets(s, h, w, max_delta, iterations))(
+      _ops.image_seeds(rng, b)
   )
   return glass_blur_from_offsets(x, offsets, sigma=sigma, max_delta=max_delta)
 
@@ -141,17 +141,22 @@ def glass_blur(rng, x, *, sigma: float, max_delta: int, iterations: int):
 # Motion blur.
 
 
-def motion_kernel(radius: float, sigma: float) -> np.ndarray:
-  """ImageMagick's MotionBlurImage kernel: width 2 ceil(radius) + 1,
-  weights exp(-i^2 / (2 sigma^2)) for i = 0..width-1, normalized."""
-  width = 2 * int(math.ceil(radius)) + 1
-  i = np.arange(width, dtype=np.float64)
-  k = np.exp(-i * i / (2.0 * sigma * sigma))
-  return (k / k.sum()).astype(np.float32)
+def motion_width(radius: float) -> int:
+  """ImageMagick's kernel width for a motion blur of `radius` pixels."""
+  return 2 * int(math.ceil(radius)) + 1
+
+
+def motion_kernel(width: int, sigma) -> jax.Array:
+  """ImageMagick's MotionBlurImage kernel: weights exp(-i^2 / (2 sigma^2))
+  for i = 0..width-1, normalized (sigma may be traced)."""
+  i = jnp.arange(width, dtype=jnp.float32)
+  k = jnp.exp(-i * i / (2.0 * sigma * sigma))
+  return k / k.sum()
 
 
 def motion_blur_at(x, angles, *, radius: float, sigma: float):
-  """Motion blur of x (b, H, W, C) along angles (b,) in degrees.
+  """Motion blur of x (b, H, W, C) along angles (b,) in degrees; radius
+  (static) and sigma (may be traced) in pixels.
 
   ImageMagick's MotionBlurImage (which make_cifar_c.py calls through Wand):
   out[y, x] = sum_i k_i img[y + ceil(i sin a - 0.5), x + ceil(i cos a -
@@ -160,7 +165,7 @@ def motion_blur_at(x, angles, *, radius: float, sigma: float):
   the image size; ImageMagick (and this function) keeps the edge pixels.
   No clipping (the weights sum to 1).
   """
-  k = jnp.asarray(motion_kernel(radius, sigma))
+  k = motion_kernel(motion_width(radius), sigma)
   h, w = x.shape[1], x.shape[2]
 
   def one(img, angle):
@@ -183,10 +188,9 @@ def motion_blur_at(x, angles, *, radius: float, sigma: float):
 def motion_blur(rng, x, *, radius: float, sigma: float, max_angle=45.0):
   """make_cifar_c.py motion_blur: ImageMagick motion blur (radius and sigma
   in pixels) along an angle uniform in [-max_angle, max_angle) degrees."""
-  keys = _ops.image_keys(rng, x.shape[0])
-  angles = jax.vmap(
-      lambda k: jax.random.uniform(k, (), minval=-max_angle, maxval=max_angle)
-  )(keys)
+  angles = jax.vmap(lambda s: _ops.uniform(s, (), 0, -max_angle, max_angle))(
+      _ops.image_seeds(rng, x.shape[0])
+  )
   out = motion_blur_at(x, angles, radius=radius, sigma=sigma)
   return jnp.clip(out, 0.0, 1.0)
 

@@ -103,13 +103,8 @@ def elastic_transform(rng, x, *, alpha, sigma, affine):
   [-affine, affine) pixels, then a smooth displacement field of amplitude
   alpha pixels and smoothness sigma pixels (see elastic_from_draws)."""
   b, h, w, _ = x.shape
-  keys = jax.vmap(lambda k: jax.random.split(k, 3))(_ops.image_keys(rng, b))
-  moves = jax.vmap(
-      lambda k: jax.random.uniform(k, (3, 2), minval=-affine, maxval=affine)
-  )(keys[:, 0])
-  field = jax.vmap(
-      lambda k: jax.random.uniform(k, (h, w), minval=-1.0, maxval=1.0)
-  )
-  return elastic_from_draws(
-      x, moves, field(keys[:, 1]), field(keys[:, 2]), alpha=alpha, sigma=sigma
-  )
+  seeds = _ops.image_seeds(rng, b)
+  moves = jax.vmap(lambda s: _ops.uniform(s, (3, 2), 0, -affine, affine))(seeds)
+  ux = jax.vmap(lambda s: _ops.uniform(s, (h, w), 1, -1.0, 1.0))(seeds)
+  uy = jax.vmap(lambda s: _ops.uniform(s, (h, w), 2, -1.0, 1.0))(seeds)
+  return elastic_from_draws(x, moves, ux, uy, alpha=alpha, sigma=sigma)

@@ -22,6 +22,8 @@ match Pillow to the bit; tests/test_corruptions.py measures it.
 
 from __future__ import annotations
 
+import functools
+
 
 import jax.numpy as jnp
 import numpy as np
@@ -43,13 +45,13 @@ CHROMA_TABLE[:4, :4] = [
 ]
 
 
-def quant_tables(quality: int):
-  """(luma, chroma) int (8, 8) tables of libjpeg's jpeg_set_quality(q,
-  force_baseline=TRUE), quality in 1..100."""
-  q = min(max(int(quality), 1), 100)
-  scale = 5000 // q if q < 50 else 200 - 2 * q
+def quant_tables(quality):
+  """(luma, chroma) int32 (8, 8) tables of libjpeg's jpeg_set_quality(q,
+  force_baseline=TRUE), quality in 1..100 (may be traced)."""
+  q = jnp.clip(jnp.asarray(quality, jnp.int32), 1, 100)
+  scale = jnp.where(q < 50, 5000 // q, 200 - 2 * q)
   return tuple(
-      np.clip((t * scale + 50) // 100, 1, 255)
+      jnp.clip((jnp.asarray(t, jnp.int32) * scale + 50) // 100, 1, 255)
       for t in (LUMA_TABLE, CHROMA_TABLE)
   )
 
@@ -110,18 +112,18 @@ def upsample_h2v2_fancy(plane):
 
 # libjpeg's default "slow integer" DCT pair (JDCT_ISLOW, jfdctint.c and
 # jidctint.c): the Loeffler-Ligtenberg-Moschytz factorization with 13-bit
-# constants; each 1-D pass scales by sqrt(8) and the first keeps 2 extra
-# bits. Reproduced in int32 so the round trip is libjpeg's to the bit.
+# constants; each 1-D pass scales by sqrt(8), the first keeps 2 extra bits.
+# Inside a pass there is no rounding: every output is an integer linear
+# combination of the inputs, descaled (rounded right shift) at the end. So
+# each pass is an int32 (8, 8) matrix, built here on the host by running the
+# flow graph on unit vectors, and a per-output shift; on 8-bit input the
+# round trip is libjpeg's to the bit.
 _C = dict(
     c0541=4433, c0765=6270, c1847=15137, c1175=9633, c0298=2446,
     c2053=16819, c3072=25172, c1501=12299, c0899=7373, c2562=20995,
     c1961=16069, c0390=3196,
 )  # fmt: skip
 _CONST_BITS, _PASS1_BITS = 13, 2
-
-
-def _descale(v, n):
-  return (v + (1 << (n - 1))) >> n
 
 
 def _odd_part(a0, a1, a2, a3):
@@ -140,57 +142,76 @@ def _odd_part(a0, a1, a2, a3):
   )
 
 
-def _fdct_1d(v, last: bool):
-  """One forward pass over axis -1 of int32 (..., 8); `last`: the column
-  pass (removes the first pass's extra bits, leaves the factor 8)."""
-  x = [v[..., i] for i in range(8)]
+def _fdct_linear(x, first: bool):
+  """A forward pass on the rows of numpy int64 (8, 8) before descaling."""
+  x = [x[:, i] for i in range(8)]
   s = [x[i] + x[7 - i] for i in range(4)]
   d = [x[i] - x[7 - i] for i in range(4)]
   e0, e3, e1, e2 = s[0] + s[3], s[0] - s[3], s[1] + s[2], s[1] - s[2]
-  shift = _CONST_BITS + _PASS1_BITS if last else _CONST_BITS - _PASS1_BITS
-  if last:
-    out0, out4 = _descale(e0 + e1, _PASS1_BITS), _descale(e0 - e1, _PASS1_BITS)
-  else:
-    out0, out4 = (e0 + e1) << _PASS1_BITS, (e0 - e1) << _PASS1_BITS
+  scale0 = (1 << _PASS1_BITS) if first else 1  # pass 1: exact left shift
   r = (e2 + e3) * _C['c0541']
-  out2 = _descale(r + e3 * _C['c0765'], shift)
-  out6 = _descale(r - e2 * _C['c1847'], shift)
-  o7, o5, o3, o1 = (_descale(o, shift) for o in _odd_part(*d[::-1]))
-  return jnp.stack([out0, o1, out2, o3, out4, o5, out6, o7], axis=-1)
+  o7, o5, o3, o1 = _odd_part(*d[::-1])
+  outs = [(e0 + e1) * scale0, o1, r + e3 * _C['c0765'], o3]
+  outs += [(e0 - e1) * scale0, o5, r - e2 * _C['c1847'], o7]
+  return np.stack(outs, axis=1)
 
 
-def _idct_1d(c, shift: int):
-  """One inverse pass over axis -1 of int32 (..., 8), descaled by `shift`
-  bits."""
-  c = [c[..., i] for i in range(8)]
+def _idct_linear(c):
+  """An inverse pass on the rows of numpy int64 (8, 8) before descaling."""
+  c = [c[:, i] for i in range(8)]
   r = (c[2] + c[6]) * _C['c0541']
   t2, t3 = r - c[6] * _C['c1847'], r + c[2] * _C['c0765']
   t0, t1 = (c[0] + c[4]) << _CONST_BITS, (c[0] - c[4]) << _CONST_BITS
   e = (t0 + t3, t1 + t2, t1 - t2, t0 - t3)
   o0, o1, o2, o3 = _odd_part(c[7], c[5], c[3], c[1])
   odd = (o3, o2, o1, o0)
-  out = [e[i] + odd[i] for i in range(4)] + [
-      e[3 - i] - odd[3 - i] for i in range(4)
-  ]
-  return jnp.stack([_descale(o, shift) for o in out], axis=-1)
+  outs = [e[i] + odd[i] for i in range(4)]
+  outs += [e[3 - i] - odd[3 - i] for i in range(4)]
+  return np.stack(outs, axis=1)
+
+
+def _matrix(linear, *args):
+  """(8, 8) int32 W with out = W @ in for a pass."""
+  return linear(np.eye(8, dtype=np.int64), *args).T.astype(np.int32)
+
+
+_FDCT_ROWS = _matrix(_fdct_linear, True)
+_FDCT_COLS = _matrix(_fdct_linear, False)
+_IDCT = _matrix(_idct_linear)
+_CB, _P1 = _CONST_BITS, _PASS1_BITS
+_FDCT_ROWS_SHIFT = np.array([0, 1, 1, 1, 0, 1, 1, 1]) * (_CB - _P1)
+_FDCT_COLS_SHIFT = np.where(np.arange(8) % 4 == 0, _P1, _CB + _P1)
+
+
+def _descale(v, shift, axis):
+  """Rounded right shift of v by `shift` bits (per output index along
+  `axis`; 0 leaves the value as it is), libjpeg's DESCALE."""
+  shape = [1] * v.ndim
+  shape[axis] = 8
+  n = jnp.asarray(np.asarray(shift).reshape(shape), jnp.int32)
+  half = jnp.where(n > 0, jnp.left_shift(1, jnp.maximum(n - 1, 0)), 0)
+  return jnp.right_shift(v + half, n)
 
 
 def dct_roundtrip(plane, table):
   """Encode and decode the 8 x 8 blocks of an int32 plane (b, 8m, 8n) of
   samples in [0, 255] with quantization `table`: libjpeg's ISLOW forward
-  DCT, quantization (jcdctmgr.c: divide by 8 q rounding half away from
-  zero), dequantization, ISLOW inverse DCT, + 128, clamp. Returns int32
-  samples in [0, 255]."""
+  DCT (rows, then columns), quantization (jcdctmgr.c: divide by 8 q,
+  rounding half away from zero), dequantization, ISLOW inverse DCT
+  (columns, then rows), + 128, clamp. Returns int32 samples in [0, 255]."""
   b, hh, ww = plane.shape
   q = jnp.asarray(table, jnp.int32)
   blk = plane.reshape(b, hh // 8, 8, ww // 8, 8).transpose(0, 1, 3, 2, 4) - 128
-  coef = _fdct_1d(blk, last=False)  # rows
-  coef = _fdct_1d(coef.swapaxes(-1, -2), last=True).swapaxes(-1, -2)
+  i32 = jnp.int32
+  dot = functools.partial(jnp.einsum, preferred_element_type=i32)
+  coef = _descale(dot('...rc,kc->...rk', blk, _FDCT_ROWS), _FDCT_ROWS_SHIFT, -1)
+  coef = _descale(
+      dot('...rc,kr->...kc', coef, _FDCT_COLS), _FDCT_COLS_SHIFT, -2
+  )
   div = q * 8
-  mag = (jnp.abs(coef) + div // 2) // div
-  deq = jnp.sign(coef) * mag * q
-  ws = _idct_1d(deq.swapaxes(-1, -2), _CONST_BITS - _PASS1_BITS)  # columns
-  out = _idct_1d(ws.swapaxes(-1, -2), _CONST_BITS + _PASS1_BITS + 3)
+  deq = jnp.sign(coef) * ((jnp.abs(coef) + div // 2) // div) * q
+  ws = _descale(dot('...uv,ku->...kv', deq, _IDCT), [_CB - _P1] * 8, -2)
+  out = _descale(dot('...kv,lv->...kl', ws, _IDCT), [_CB + _P1 + 3] * 8, -1)
   out = jnp.clip(out + 128, 0, 255)
   return out.transpose(0, 1, 3, 2, 4).reshape(b, hh, ww)
 

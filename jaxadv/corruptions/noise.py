@@ -2,8 +2,8 @@
 
 Each takes (rng, x) with x float (b, H, W, C) in [0, 1] and returns the same
 shape, clipped to [0, 1]; image i of the batch draws from fold_in(rng, i).
-Parameters are explicit keywords (the CIFAR-10-C values are in
-`jaxadv.corruptions.CIFAR10_C`).
+Parameters are explicit keywords and may be traced (the CIFAR-10-C values
+are in `jaxadv.corruptions.CIFAR10_C`).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from jaxadv.corruptions import _ops
 
 
 def _per_image(fn, rng, x):
-  return jax.vmap(fn)(_ops.image_keys(rng, x.shape[0]), x)
+  return jax.vmap(fn)(_ops.image_seeds(rng, x.shape[0]), x)
 
 
 def gaussian_noise(rng: jax.Array, x: jax.Array, *, sigma: float):
   """x + N(0, sigma^2) per pixel and channel, clipped (make_cifar_c.py
   gaussian_noise; sigma in pixel scale, e.g. 0.08)."""
 
-  def one(key, img):
-    return img + sigma * jax.random.normal(key, img.shape, img.dtype)
+  def one(seed, img):
+    return img + sigma * _ops.normal(seed, img.shape, 0)
 
   return jnp.clip(_per_image(one, rng, x), 0.0, 1.0)
 
@@ -36,7 +36,10 @@ def shot_noise(rng: jax.Array, x: jax.Array, *, rate: float):
     counts = jax.random.poisson(key, img * rate, img.shape)
     return counts.astype(img.dtype) / rate
 
-  return jnp.clip(_per_image(one, rng, x), 0.0, 1.0)
+  # jax.random.poisson (exact: inversion below rate 10, transformed
+  # rejection above) needs a threefry key of its own.
+  out = jax.vmap(one)(_ops.image_keys(rng, x.shape[0]), x)
+  return jnp.clip(out, 0.0, 1.0)
 
 
 def impulse_noise(rng: jax.Array, x: jax.Array, *, amount: float):
@@ -46,10 +49,9 @@ def impulse_noise(rng: jax.Array, x: jax.Array, *, amount: float):
   independent Bernoulli trials, as here; the skimage of 2018 drew exactly
   ceil(amount size / 2) salt and as many pepper positions)."""
 
-  def one(key, img):
-    k_hit, k_salt = jax.random.split(key)
-    hit = jax.random.uniform(k_hit, img.shape) < amount
-    salt = jax.random.uniform(k_salt, img.shape) < 0.5
+  def one(seed, img):
+    hit = _ops.uniform(seed, img.shape, 0) < amount
+    salt = _ops.uniform(seed, img.shape, 1) < 0.5
     return jnp.where(hit, salt.astype(img.dtype), img)
 
   return jnp.clip(_per_image(one, rng, x), 0.0, 1.0)

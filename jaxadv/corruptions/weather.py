@@ -67,12 +67,13 @@ def plasma_from_uniforms(uniforms, mapsize: int, decay: float):
   return g / g.max()
 
 
-def plasma_fractal(key, mapsize: int, decay: float):
+def plasma_fractal(seed, mapsize: int, decay):
   """A random plasma map (mapsize, mapsize) in [0, 1] (mapsize a power of
-  2), see plasma_from_uniforms."""
-  shapes = plasma_draw_shapes(mapsize)
-  keys = jax.random.split(key, len(shapes))
-  us = [jax.random.uniform(k, s) for k, s in zip(keys, shapes)]
+  2) from one image's seed (2,) uint32, see plasma_from_uniforms."""
+  us = [
+      _ops.uniform(seed, shape, i)
+      for i, shape in enumerate(plasma_draw_shapes(mapsize))
+  ]
   return plasma_from_uniforms(us, mapsize, decay)
 
 
@@ -90,7 +91,7 @@ def fog(rng, x, *, strength: float, decay: float):
   b, h, w, _ = x.shape
   size = 1 << (max(h, w) - 1).bit_length()
   maps = jax.vmap(lambda k: plasma_fractal(k, size, decay))(
-      _ops.image_keys(rng, b)
+      _ops.image_seeds(rng, b)
   )
   return fog_with_map(x, maps[:, :h, :w], strength=strength)
 
@@ -133,11 +134,11 @@ def snow(rng, x, *, loc, scale, zoom, threshold, blur_radius, blur_sigma,
   """Snow (make_cifar_c.py): see snow_from_draws; the blur angle is uniform
   in [min_angle, max_angle) degrees."""
   b, h, w, _ = x.shape
-  keys = jax.vmap(jax.random.split)(_ops.image_keys(rng, b))
-  normal = jax.vmap(lambda k: jax.random.normal(k, (h, w)))(keys[:, 0])
-  angles = jax.vmap(
-      lambda k: jax.random.uniform(k, (), minval=min_angle, maxval=max_angle)
-  )(keys[:, 1])
+  seeds = _ops.image_seeds(rng, b)
+  normal = jax.vmap(lambda s: _ops.normal(s, (h, w), 0))(seeds)
+  angles = jax.vmap(lambda s: _ops.uniform(s, (), 1, min_angle, max_angle))(
+      seeds
+  )
   return snow_from_draws(
       x, normal, angles, loc=loc, scale=scale, zoom=zoom,
       threshold=threshold, blur_radius=blur_radius, blur_sigma=blur_sigma,
@@ -236,12 +237,11 @@ def frost(rng, x, *, image_weight, frost_weight, frost_scale=0.2,
     )
   stack_j, sizes_j = jnp.asarray(stack), jnp.asarray(sizes)
 
-  def crop(key):
-    k_img, k_y, k_x = jax.random.split(key, 3)
-    idx = jax.random.randint(k_img, (), 0, len(FROST_FILES))
-    y0 = jax.random.randint(k_y, (), 0, sizes_j[idx, 0] - h)
-    x0 = jax.random.randint(k_x, (), 0, sizes_j[idx, 1] - w)
+  def crop(seed):
+    idx = _ops.randint(seed, (), 0, 0, len(FROST_FILES))
+    y0 = _ops.randint(seed, (), 1, 0, sizes_j[idx, 0] - h)
+    x0 = _ops.randint(seed, (), 2, 0, sizes_j[idx, 1] - w)
     return jax.lax.dynamic_slice(stack_j[idx], (y0, x0, 0), (h, w, 3))
 
-  crops = jax.vmap(crop)(_ops.image_keys(rng, b)).astype(x.dtype) / 255.0
+  crops = jax.vmap(crop)(_ops.image_seeds(rng, b)).astype(x.dtype) / 255.0
   return jnp.clip(image_weight * x + frost_weight * crops, 0.0, 1.0)
