@@ -157,12 +157,11 @@ REGISTRY = {
 # share one compiled program where these agree.
 STATIC_PARAMS = {
     'defocus_blur': ('radius', 'alias_blur'),
-    'glass_blur': ('sigma', 'max_delta', 'iterations'),
+    'glass_blur': ('max_delta', 'iterations'),
     'motion_blur': ('radius',),
     'zoom_blur': ('zooms',),
     'snow': ('zoom', 'blur_radius'),
     'frost': ('frost_scale', 'frost_dir'),
-    'elastic_transform': ('sigma',),
     'pixelate': ('factor',),
 }
 CORRUPTIONS = tuple(REGISTRY)

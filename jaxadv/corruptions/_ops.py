@@ -130,6 +130,24 @@ def gaussian_matrix(n: int, sigma: float, truncate: float, mode: str):
   return filter_matrix(n, k, mode).astype(np.float32)
 
 
+def gaussian_matrix_traced(n: int, sigma, truncate: float, mode: str):
+  """gaussian_matrix built on the device, so sigma may be traced: weights
+  at offsets up to 3n (beyond that the kernel is cut), radius
+  int(truncate sigma + 0.5); sigma <= 1e-15 gives the identity."""
+  reach = 3 * n
+  t = jnp.arange(-reach, reach + 1, dtype=jnp.float32)
+  sig = jnp.maximum(sigma, 1e-15)
+  radius = jnp.floor(truncate * sig + 0.5)
+  w = jnp.where(jnp.abs(t) <= radius, jnp.exp(-0.5 * (t / sig) ** 2), 0.0)
+  w = jnp.where(sigma > 1e-15, w / w.sum(), (t == 0).astype(jnp.float32))
+  rows = jnp.arange(n)[:, None]
+  cols = _extend_jnp(rows + jnp.arange(-reach, reach + 1)[None, :], n, mode)
+  m = jnp.zeros((n, n), jnp.float32)
+  return m.at[jnp.broadcast_to(rows, cols.shape), cols].add(
+      jnp.broadcast_to(w, cols.shape)
+  )
+
+
 def separable(a: np.ndarray, b: np.ndarray, x: jax.Array) -> jax.Array:
   """out[..., i, j, c] = sum_kl a[i, k] x[..., k, l, c] b[j, l]: a (H', H)
   on the rows and b (W', W) on the columns of x (..., H, W, C)."""
@@ -140,13 +158,13 @@ def separable(a: np.ndarray, b: np.ndarray, x: jax.Array) -> jax.Array:
   return jnp.einsum('jl,...ilc->...ijc', b, y, precision=hp)
 
 
-def gaussian_blur(x: jax.Array, sigma: float, truncate: float, mode: str):
+def gaussian_blur(x: jax.Array, sigma, truncate: float, mode: str):
   """skimage.filters.gaussian / scipy gaussian_filter over H and W of x
-  (..., H, W, C) (sigma 0 on the channel axis)."""
+  (..., H, W, C) (sigma 0 on the channel axis); sigma may be traced."""
   h, w = x.shape[-3], x.shape[-2]
   return separable(
-      gaussian_matrix(h, sigma, truncate, mode),
-      gaussian_matrix(w, sigma, truncate, mode),
+      gaussian_matrix_traced(h, sigma, truncate, mode),
+      gaussian_matrix_traced(w, sigma, truncate, mode),
       x,
   )
 

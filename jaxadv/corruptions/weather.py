@@ -70,10 +70,12 @@ def plasma_from_uniforms(uniforms, mapsize: int, decay: float):
 def plasma_fractal(seed, mapsize: int, decay):
   """A random plasma map (mapsize, mapsize) in [0, 1] (mapsize a power of
   2) from one image's seed (2,) uint32, see plasma_from_uniforms."""
-  us = [
-      _ops.uniform(seed, shape, i)
-      for i, shape in enumerate(plasma_draw_shapes(mapsize))
-  ]
+  shapes = plasma_draw_shapes(mapsize)
+  flat = _ops.uniform(seed, (sum(a * b for a, b in shapes),), 0)
+  us, start = [], 0
+  for a, b in shapes:
+    us.append(flat[start : start + a * b].reshape(a, b))
+    start += a * b
   return plasma_from_uniforms(us, mapsize, decay)
 
 
