@@ -37,6 +37,7 @@ Conventions:
   shipped here: pass frost_dir= to `corrupt`, or set $JAXADV_FROST_DIR, or
   install `imagecorruptions` (Apache-2.0), whose frost/ folder is found.
 
+`apply(name, rng, x, **params)` runs a corruption with any parameters.
 `metrics` has the report's numbers: mean corruption accuracy and
 Hendrycks' mCE and relative mCE against a baseline model.
 """
@@ -44,6 +45,7 @@ Hendrycks' mCE and relative mCE against a baseline model.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -158,9 +160,8 @@ REGISTRY = {
 STATIC_PARAMS = {
     'defocus_blur': ('radius', 'alias_blur'),
     'glass_blur': ('max_delta', 'iterations'),
-    'motion_blur': ('radius',),
     'zoom_blur': ('zooms',),
-    'snow': ('zoom', 'blur_radius'),
+    'snow': ('zoom',),
     'frost': ('frost_scale', 'frost_dir'),
     'pixelate': ('factor',),
 }
@@ -236,13 +237,32 @@ def corrupt(name: str, severity: int, rng: jax.Array, x: jax.Array, *,
   `rng`. Returns x's shape and dtype, pixels in [0, 1]. frost_dir: the
   folder of the frost photographs (frost only; see weather.find_frost_dir).
   """
-  check_name(name)
   kwargs = params(name, severity)
+  if name == 'frost':
+    kwargs['frost_dir'] = frost_dir
+  return apply(name, rng, x, **kwargs)
+
+
+def apply(name: str, rng: jax.Array, x: jax.Array, **kwargs) -> jax.Array:
+  """Corruption `name` with explicit parameters (the keywords of its
+  function, e.g. apply('fog', rng, x, strength=1.5, decay=2)); otherwise
+  as `corrupt`, sharing its compiled programs."""
+  fn = get(name)
   _check_images(x)
+  sig = inspect.signature(fn).parameters.values()
+  accepted = {p.name for p in sig if p.kind == p.KEYWORD_ONLY}
+  required = {
+      p.name for p in sig if p.kind == p.KEYWORD_ONLY and p.default is p.empty
+  }
+  if not required <= kwargs.keys() <= accepted:
+    raise ValueError(
+        f'{name} takes parameters {sorted(accepted)} (required '
+        f'{sorted(required)}), got {sorted(kwargs)}'
+    )
   if name == 'frost':  # fails before compiling if the photographs are absent
-    kwargs['frost_dir'] = weather.find_frost_dir(frost_dir)
+    kwargs['frost_dir'] = weather.find_frost_dir(kwargs.get('frost_dir'))
   static_keys = STATIC_PARAMS.get(name, ())
-  static = tuple((k, kwargs[k]) for k in static_keys)
+  static = tuple((k, kwargs[k]) for k in static_keys if k in kwargs)
   dynamic = {
       k: jnp.asarray(v) for k, v in kwargs.items() if k not in static_keys
   }

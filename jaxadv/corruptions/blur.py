@@ -141,46 +141,39 @@ def glass_blur(rng, x, *, sigma: float, max_delta: int, iterations: int):
 # Motion blur.
 
 
-def motion_width(radius: float) -> int:
-  """ImageMagick's kernel width for a motion blur of `radius` pixels."""
-  return 2 * int(math.ceil(radius)) + 1
-
-
-def motion_kernel(width: int, sigma) -> jax.Array:
-  """ImageMagick's MotionBlurImage kernel: weights exp(-i^2 / (2 sigma^2))
-  for i = 0..width-1, normalized (sigma may be traced)."""
-  i = jnp.arange(width, dtype=jnp.float32)
-  k = jnp.exp(-i * i / (2.0 * sigma * sigma))
-  return k / k.sum()
-
-
-def motion_blur_at(x, angles, *, radius: float, sigma: float):
+def motion_blur_at(x, angles, *, radius, sigma):
   """Motion blur of x (b, H, W, C) along angles (b,) in degrees; radius
-  (static) and sigma (may be traced) in pixels.
+  and sigma in pixels (both may be traced).
 
   ImageMagick's MotionBlurImage (which make_cifar_c.py calls through Wand):
-  out[y, x] = sum_i k_i img[y + ceil(i sin a - 0.5), x + ceil(i cos a -
-  0.5)], edge pixels repeated outside the image. imagecorruptions
-  reimplements the same sum in numpy but stops it once an offset reaches
-  the image size; ImageMagick (and this function) keeps the edge pixels.
-  No clipping (the weights sum to 1).
+  width 2 ceil(radius) + 1, weights k_i = exp(-i^2 / (2 sigma^2)) for i <
+  width, normalized, and out[y, x] = sum_i k_i img[y + ceil(i sin a - 0.5),
+  x + ceil(i cos a - 0.5)], edge pixels repeated outside the image.
+  imagecorruptions reimplements the same sum in numpy but stops it once an
+  offset reaches the image size; ImageMagick (and this function) keeps the
+  edge pixels. No clipping (the weights sum to 1).
   """
-  k = motion_kernel(motion_width(radius), sigma)
   h, w = x.shape[1], x.shape[2]
+  width = 2 * jnp.ceil(radius).astype(jnp.int32) + 1
 
   def one(img, angle):
     a = jnp.deg2rad(angle)
     sin, cos = jnp.sin(a), jnp.cos(a)
 
-    def body(i, acc):
+    def body(i, carry):
+      acc, norm = carry
       fi = i.astype(img.dtype)
+      k = jnp.exp(-fi * fi / (2.0 * sigma * sigma))
       oy = jnp.ceil(fi * sin - 0.5).astype(jnp.int32)
       ox = jnp.ceil(fi * cos - 0.5).astype(jnp.int32)
       rows = jnp.clip(jnp.arange(h) + oy, 0, h - 1)
       cols = jnp.clip(jnp.arange(w) + ox, 0, w - 1)
-      return acc + k[i] * img[rows][:, cols]
+      return acc + k * img[rows][:, cols], norm + k
 
-    return lax.fori_loop(0, k.shape[0], body, jnp.zeros_like(img))
+    acc, norm = lax.fori_loop(
+        0, width, body, (jnp.zeros_like(img), jnp.zeros((), img.dtype))
+    )
+    return acc / norm
 
   return jax.vmap(one)(x, angles)
 

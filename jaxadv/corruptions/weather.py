@@ -32,51 +32,74 @@ def plasma_draw_shapes(mapsize: int):
   return shapes
 
 
-def plasma_from_uniforms(uniforms, mapsize: int, decay: float):
+def plasma_levels(mapsize: int) -> int:
+  return int(mapsize).bit_length() - 1
+
+
+def plasma_level_uniforms(uniforms, mapsize: int):
+  """The reference's draws (a list of plasma_draw_shapes(mapsize) arrays)
+  placed at the pixels they fill: (levels, mapsize, mapsize)."""
+  n = mapsize
+  out = jnp.zeros((plasma_levels(n), n, n), jnp.float32)
+  draws = iter(uniforms)
+  for level in range(plasma_levels(n)):
+    step = n >> level
+    half = step // 2
+    for rows, cols in ((half, half), (0, half), (half, 0)):
+      out = out.at[level, rows::step, cols::step].set(next(draws))
+  return out
+
+
+def plasma_from_level_uniforms(u, mapsize: int, decay):
   """make_cifar_c.py's plasma_fractal (diamond-square, after FLHerne's
-  mapgen) given its uniform draws: `uniforms` lists U[0, 1) arrays of
-  plasma_draw_shapes(mapsize). A level's offsets are wibble * U(-wibble,
-  wibble) (the reference scales by wibble twice), wibble = 100 at the first
-  level, divided by `decay` per level. Returns (mapsize, mapsize) in [0, 1].
+  mapgen) given its uniform draws u (levels, mapsize, mapsize) in [0, 1)
+  at the pixels each level fills (plasma_level_uniforms). Returns
+  (mapsize, mapsize) in [0, 1].
 
-  The reference fills one strided array in place; here each level turns the
-  (k, k) grid of stride mapsize / k into the (2k, 2k) grid of half that
-  stride by interleaving the grid, its square centres and its two diamond
-  sets, which is the same arithmetic without scatters.
+  Level l has stride s = mapsize / 2^l and h = s / 2: the square centres
+  (h, h mod s) get the mean of their 4 diagonal neighbours at distance h,
+  then the diamond points (0, h and h, 0 mod s) the mean of their 4 axis
+  neighbours (wrapping around, as the reference's np.roll), each plus
+  wibble * U(-wibble, wibble) (the reference scales by wibble twice), with
+  wibble = 100 / decay^l. The reference works on strided views; this runs
+  the same arithmetic at full resolution in one fori_loop over the levels.
   """
-  g = jnp.zeros((1, 1), jnp.float32)
-  wibble, draws = 100.0, iter(uniforms)
+  n = mapsize
+  r = jnp.arange(n)[:, None]
+  c = jnp.arange(n)[None, :]
 
-  def wibbled_mean(total):
-    u = next(draws)
-    return total / 4 + wibble * (-wibble + 2 * wibble * u)
+  def level(lv, m):
+    step = jnp.right_shift(n, lv)
+    h = step // 2
+    wibble = 100.0 / decay ** lv.astype(jnp.float32)
+    noise = wibble * (-wibble + 2.0 * wibble * u[lv])
+    diag = sum(
+        jnp.roll(m, (a * h, b * h), axis=(0, 1))
+        for a in (-1, 1)
+        for b in (-1, 1)
+    )
+    centre = (r % step == h) & (c % step == h)
+    m = jnp.where(centre, diag / 4 + noise, m)
+    cross = sum(jnp.roll(m, a * h, axis=ax) for a in (-1, 1) for ax in (0, 1))
+    diamond = ((r % step == 0) & (c % step == h)) | (
+        (r % step == h) & (c % step == 0)
+    )
+    return jnp.where(diamond, cross / 4 + noise, m)
 
-  while g.shape[0] < mapsize:
-    k = g.shape[0]
-    sq = g + jnp.roll(g, -1, axis=0)
-    sq = wibbled_mean(sq + jnp.roll(sq, -1, axis=1))  # at (i + .5, j + .5)
-    lt = sq + jnp.roll(sq, 1, axis=0) + g + jnp.roll(g, -1, axis=1)
-    lt = wibbled_mean(lt)  # at (i, j + .5)
-    tt = sq + jnp.roll(sq, 1, axis=1) + g + jnp.roll(g, -1, axis=0)
-    tt = wibbled_mean(tt)  # at (i + .5, j)
-    even = jnp.stack([g, lt], axis=-1).reshape(k, 2 * k)
-    odd = jnp.stack([tt, sq], axis=-1).reshape(k, 2 * k)
-    g = jnp.stack([even, odd], axis=1).reshape(2 * k, 2 * k)
-    wibble /= decay
-  g = g - g.min()
-  return g / g.max()
+  m = jax.lax.fori_loop(
+      0, plasma_levels(n), level, jnp.zeros((n, n), jnp.float32)
+  )
+  m = m - m.min()
+  return m / m.max()
 
 
 def plasma_fractal(seed, mapsize: int, decay):
   """A random plasma map (mapsize, mapsize) in [0, 1] (mapsize a power of
-  2) from one image's seed (2,) uint32, see plasma_from_uniforms."""
-  shapes = plasma_draw_shapes(mapsize)
-  flat = _ops.uniform(seed, (sum(a * b for a, b in shapes),), 0)
-  us, start = [], 0
-  for a, b in shapes:
-    us.append(flat[start : start + a * b].reshape(a, b))
-    start += a * b
-  return plasma_from_uniforms(us, mapsize, decay)
+  2) from one image's seed (2,) uint32, see plasma_from_level_uniforms."""
+  shape = (plasma_levels(mapsize), mapsize, mapsize)
+  return plasma_from_level_uniforms(
+      _ops.uniform(seed, shape, 0), mapsize, decay
+  )
 
 
 def fog_with_map(x, noise_map, *, strength: float):
