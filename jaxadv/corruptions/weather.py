@@ -36,17 +36,17 @@ def plasma_levels(mapsize: int) -> int:
   return int(mapsize).bit_length() - 1
 
 
-def plasma_level_uniforms(uniforms, mapsize: int):
-  """The reference's draws (a list of plasma_draw_shapes(mapsize) arrays)
-  placed at the pixels they fill: (levels, mapsize, mapsize)."""
+def plasma_level_uniforms(uniforms, mapsize: int) -> np.ndarray:
+  """The reference's draws (a list of plasma_draw_shapes(mapsize) arrays,
+  numpy) placed at the pixels they fill: (levels, mapsize, mapsize)."""
   n = mapsize
-  out = jnp.zeros((plasma_levels(n), n, n), jnp.float32)
+  out = np.zeros((plasma_levels(n), n, n), np.float32)
   draws = iter(uniforms)
   for level in range(plasma_levels(n)):
     step = n >> level
     half = step // 2
     for rows, cols in ((half, half), (0, half), (half, 0)):
-      out = out.at[level, rows::step, cols::step].set(next(draws))
+      out[level, rows::step, cols::step] = next(draws)
   return out
 
 
