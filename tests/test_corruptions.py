@@ -587,6 +587,23 @@ def test_noise_matches_imagecorruptions_in_distribution(name, icc):
     )
 
 
+def test_poisson_sampler_matches_numpy_in_distribution():
+  from jaxadv.corruptions import noise
+
+  n = 20000
+  seed = _ops.image_seeds(jax.random.key(0), 1)[0]
+  sample = jax.jit(noise.poisson)
+  for lam in (0.0, 0.4, 3.0, 9.9, 10.0, 37.0, 500.0):
+    got = np.asarray(sample(seed, jnp.full((n,), lam)))
+    assert got.min() >= 0 and np.all(got == np.round(got))
+    ref = np.random.default_rng(1).poisson(lam, n)
+    se = np.sqrt((lam + 1e-9) / n)
+    assert abs(got.mean() - lam) < 5 * se + 1e-9, (lam, got.mean())
+    assert abs(got.mean() - ref.mean()) < 7 * se + 1e-9
+    # Var = lam; the variance of the sample variance is about 2 lam^2 / n.
+    assert abs(got.var() - lam) < 5 * np.sqrt((2 * lam**2 + lam) / n) + 1e-9
+
+
 # The report's arithmetic.
 
 
