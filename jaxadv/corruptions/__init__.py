@@ -20,7 +20,10 @@ Conventions:
   with pixels in [0, 1]. Image i of a batch draws its randomness from
   jax.random.fold_in(rng, i): the same key gives the same images, and a
   batch's corruption does not depend on its size. Give every batch its own
-  key (fold in the batch index).
+  key (fold in the batch index). The per-pixel numbers come from a
+  counter-based hash seeded by that key (see _ops: threefry draws of image
+  size take seconds to compile on CPU), so they are the same on every
+  backend; they are of course not CIFAR-10-C's numpy draws.
 - Computation is float32. Parameters that fix shapes or host-built
   operators (kernel sizes, zoom and resize matrices: `STATIC_PARAMS`) are
   static, the others are traced, so `corrupt` compiles once per corruption
@@ -33,9 +36,12 @@ Conventions:
   this is exactly the grey image's result). Other C are an error.
 - CIFAR-10-C stores np.uint8(result) (floored to 8 bits); these functions
   return the unquantized floats (JPEG's output is 8-bit by nature).
-- frost needs the five frost photographs of the reference, which are not
-  shipped here: pass frost_dir= to `corrupt`, or set $JAXADV_FROST_DIR, or
-  install `imagecorruptions` (Apache-2.0), whose frost/ folder is found.
+- frost needs the five frost photographs of the reference (frost1.png ..
+  frost5.jpg), which are not shipped here: hendrycks/robustness and the
+  `imagecorruptions` package (both Apache-2.0) carry them, but neither says
+  where the photographs come from or under which terms. Pass frost_dir= to
+  `corrupt`, or set $JAXADV_FROST_DIR, or `pip install imagecorruptions`,
+  whose frost/ folder is then found without importing the package.
 
 `apply(name, rng, x, **params)` runs a corruption with any parameters.
 `metrics` has the report's numbers: mean corruption accuracy and
