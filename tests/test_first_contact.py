@@ -405,7 +405,7 @@ def test_unwritable_cache_leaves_no_temp_file(tmp_path, monkeypatch):
       f.write(b'\x93NUMPY partial')
     raise OSError(28, 'No space left on device')
 
-  monkeypatch.setattr(data.np, 'save', full)
+  monkeypatch.setattr(data.offline.np, 'save', full)
   ds = data.load_dataset(_cifar_config(root, cache))
   assert ds.num_train == 12
   assert os.listdir(cache) == []
