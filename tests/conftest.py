@@ -50,6 +50,28 @@ def pytest_configure(config):
   timing_plugin.register(config)
 
 
+# Modules that take longest (bench/RESULTS.md, per-file table) start first,
+# so that under `--dist loadscope` (one module per worker at a time) the
+# long ones overlap instead of ending the run alone.
+SLOW_FIRST = (
+    'test_parallel.py',
+    'test_golden.py',
+    'test_multihost.py',
+    'test_evaluate.py',
+    'test_train.py',
+    'test_models.py',
+    'test_models_sync_bn.py',
+    'test_methods.py',
+    'test_great.py',
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda it: rank.get(it.path.name, len(SLOW_FIRST)))
+
+
 def _cgroup_cpus():
   """The CPU quota of this container in cores, or None if unlimited."""
   for path, parse in (
