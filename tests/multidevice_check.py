@@ -139,6 +139,7 @@ def main(workdir, data_dir):
             'model.name': 'cnn5',
             'batch_size': 64,
             'num_epochs': 1,
+            'data.num_train_examples': 256,  # 4 steps: two calls of 2
             'optim.name': 'sgd',
             'optim.lr': 0.05,
             'data.feed': feed,
