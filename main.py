@@ -30,15 +30,17 @@ NOT_EXPERIMENTS = ('__init__.py', 'default.py')
 HELP_FLAGS = ('-h', '-help', '--help', '-?', '-helpshort', '--helpshort')
 
 USAGE = """\
-usage: python main.py [--config FILE] --workdir DIR [--mode train|eval]
+usage: python main.py [--config FILE] --workdir DIR [--mode train|eval|viz]
                       [--config.KEY=VALUE ...]
 
   --config FILE       experiment config (default: configs/mnist_fast_demo.py,
                       the quick-start demo)
   --workdir DIR       the run's directory: config.json, metrics.jsonl,
                       checkpoints/, results.json, eval reports
-  --mode train|eval   train: train (resuming the run in DIR), then evaluate;
-                      eval: evaluate the latest checkpoint in DIR
+  --mode train|eval|viz  train: train (resuming the run in DIR), then
+                      evaluate; eval: evaluate the latest checkpoint in DIR;
+                      viz: PNG grids of what DIR (and config.viz.compare)
+                      learned (configs/viz.py)
   --config.KEY=VALUE  override one key of the config, e.g.
                       --config.num_epochs=5 --config.method.eps=0.0313;
                       several attacks are separated by commas:
@@ -207,9 +209,10 @@ def define_flags(argv):
   flags.DEFINE_enum(
       'mode',
       'train',
-      ['train', 'eval'],
+      ['train', 'eval', 'viz'],
       'train: train (resuming if possible), then evaluate; '
-      'eval: evaluate the latest checkpoint in --workdir.',
+      'eval: evaluate the latest checkpoint in --workdir; '
+      'viz: pictures of what the run (and config.viz.compare) learned.',
   )
   try:  # without --config, ml_collections applies the overrides right here
     config_flags.DEFINE_config_file(

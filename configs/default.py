@@ -138,4 +138,26 @@ def get_config():
   c.monitor.attack = ''  # '' = off, else an attack spec
   c.monitor.max_drop = 0.2  # fraction (0.2 = 20 points)
   c.monitor.num_examples = 512  # size of the fixed training minibatch
+
+  # --mode viz (jaxadv/tools/viz.py): pictures of what runs learned.
+  c.viz = ml_collections.ConfigDict()
+  c.viz.compare = ''  # other workdirs shown beside --workdir, comma-separated
+  c.viz.labels = ''  # their names, comma-separated ('' = folder names)
+  c.viz.out = ''  # output folder ('' = <workdir>/viz)
+  c.viz.seed = 0  # test images, nodes, attack keys
+  c.viz.num_images = 4  # test images for saliency and large perturbations
+  c.viz.num_seeds = 2  # test-image seeds of feature visualization (+ 1 noise)
+  c.viz.nodes_per_seed = 5  # random representation nodes per seed (paper: 5)
+  c.viz.fv_steps = 200  # feature visualization: L2 ascent steps
+  c.viz.fv_step_size = 0.15  # their length (L2, pixel scale)
+  c.viz.interp_lambdas = (0.25, 0.5, 0.75)  # eq. 14's lambda
+  c.viz.interp_steps = 300  # representation matching steps
+  c.viz.interp_step_size = 0.05
+  c.viz.large_eps = (
+      30.0  # targeted L2 PGD radius (32x32: 55 is the box's diameter)
+  )
+  c.viz.large_steps = 500  # its steps (paper, 224x224: eps 500, K = 1000)
+  c.viz.sweep_attack = 'pgd(norm=l2, steps=10)'  # robust accuracy vs eps
+  c.viz.sweep_eps = (0.0, 0.25, 0.5, 1.0, 1.5)
+  c.viz.sweep_examples = 200
   return c

@@ -89,6 +89,36 @@ def _interrupted_message(workdir):
   )
 
 
+def _viz(config, workdir):
+  from jaxadv.tools import viz  # pylint: disable=g-import-not-at-top
+
+  out = viz.run_viz(config, workdir)
+  rows = []
+  for label, n in out['numbers'].items():
+    seed, after = n['feature_activation_seed'], n['feature_activation_after']
+    rows.append(
+        (
+            f'{label}: feature activation seed -> after',
+            f'{sum(seed) / len(seed):.3g} -> {sum(after) / len(after):.3g}',
+        )
+    )
+    d = n['interp_distance_after']
+    rows.append(
+        (f'{label}: interpolation distance (relative)', f'{max(d):.3f} max')
+    )
+    hit = sum(p == t for p, t in zip(n['large_predicted'], n['large_targets']))
+    rows.append(
+        (
+            f'{label}: large perturbations reaching the target',
+            f'{hit}/{len(n["large_targets"])}',
+        )
+    )
+  print(format_table(rows))
+  for path in out['paths']:
+    print(f'wrote {path}')
+  return 0
+
+
 def run(config, workdir, mode):
   """Returns the process exit code."""
   try:
@@ -105,6 +135,8 @@ def run(config, workdir, mode):
         )
         return EXIT_INTERRUPTED
       return 0
+    if mode == 'viz':
+      return _viz(config, workdir)
     out = eval_run.evaluate_checkpoint(config, workdir)
     rows = [('checkpoint step', out['step'])] + metric_rows(
         out, out['num_examples']

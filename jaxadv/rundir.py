@@ -32,7 +32,7 @@ from jaxadv.errors import ConfigError
 CONFIG_FILE = 'config.json'
 HISTORY_FILE = 'config_history.jsonl'
 CHECKPOINT_DIR = 'checkpoints'
-MODES = ('train', 'eval')
+MODES = ('train', 'eval', 'viz')
 
 # ----------------------------------------------------------------------------
 # Before anything is created.
@@ -73,6 +73,20 @@ def _errno_reason(exc: OSError) -> str:
   return exc.strerror or str(exc)
 
 
+def output_dir_problem(path: str) -> Optional[str]:
+  """None if `path` is (or can be made) a writable folder, else why not, in
+  a few words; creates nothing. For tools that write into a folder, checked
+  before any compute."""
+  full = os.path.abspath(os.path.expanduser(path))
+  if os.path.lexists(full) and not os.path.isdir(full):
+    return 'it is a file, not a folder'
+  existing = _nearest_existing(full)
+  if not os.path.isdir(existing):
+    return f'it lies under {existing}, which is a file'
+  reason = _writable_dir(existing)
+  return f'not writable ({reason})' if reason else None
+
+
 def has_run(path: str) -> bool:
   """Whether `path` holds a run: config.json or checkpoints/."""
   return os.path.isfile(os.path.join(path, CONFIG_FILE)) or os.path.isdir(
@@ -86,7 +100,8 @@ def check_workdir(path: str, mode: str) -> str:
   Both modes: `path` must not be a file, nor lie under one, and it (or, when
   it does not exist yet, its nearest existing ancestor) must be writable.
   mode 'eval': `path` must already hold a run (config.json or checkpoints/)
-  and be writable, since the reports go there; nothing is created.
+  and be writable, since the reports go there; nothing is created. Mode
+  'viz' needs a run too (it checks its own output folder).
   Raises ConfigError with one line naming the path and the fix; creates
   nothing (a write test file is removed at once).
   """
@@ -105,7 +120,7 @@ def check_workdir(path: str, mode: str) -> str:
         f'--workdir {path} lies under {existing}, which is a '
         'file; pass a directory path'
     )
-  if mode == 'eval':
+  if mode in ('eval', 'viz'):
     if existing != full:
       raise ConfigError(
           f'no run in {path}: the directory does not exist; '
@@ -117,8 +132,8 @@ def check_workdir(path: str, mode: str) -> str:
           f'nor {CHECKPOINT_DIR}/; pass the --workdir of a '
           'trained run'
       )
-    reason = _writable_dir(full)
-    if reason:
+    reason = _writable_dir(full) if mode == 'eval' else None
+    if reason:  # viz checks its own output folder (config.viz.out)
       raise ConfigError(
           f'--workdir {path} is not writable ({reason}) and '
           '--mode eval writes its reports there: make it '
