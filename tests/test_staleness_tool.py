@@ -83,9 +83,10 @@ def test_bad_out_and_config_paths(tmp_path, capsys):
     assert needle in err and '\n' not in err, err
 
 
-def _fake_run(calls):
+def _fake_run(calls, trained=True):
   """train_and_evaluate stand-in: records the config, writes metrics.jsonl
-  as the trainer would (log_every 2, fresh_every 2) and returns results."""
+  as the trainer would (log_every 2, fresh_every 2) and returns results
+  (trained=False: a finished run only re-evaluated)."""
 
   def fake(config, workdir):
     s = config.method.staleness
@@ -110,7 +111,8 @@ def _fake_run(calls):
         'test_accuracy': 0.9 - 0.1 * s,
         'num_test_examples': 200,
         'robust': [{'name': 'PGD-20', 'accuracy': 0.6, 'num_examples': 40}],
-        'wall_time_s': 1.0,
+        'train_images': 512 if trained else 0,
+        'wall_time_s': 1.0 if trained else 99.0,
     }
 
   return fake
@@ -143,3 +145,9 @@ def test_sweep_writes_table_json_and_both_figures(
   for png in ('staleness_test_accuracy.png', 'staleness_train_curves.png'):
     assert (out / png).read_bytes()[:4] == b'\x89PNG'
   assert 'wrote ' in capsys.readouterr().out
+
+  # A rerun re-evaluates the finished runs: their training wall time stays.
+  monkeypatch.setattr(train, 'train_and_evaluate', _fake_run([], False))
+  assert staleness.main(argv) == 0
+  study = json.loads((out / 'staleness.json').read_text())
+  assert [r['wall_time_s'] for r in study['runs']] == [1.0] * 3

@@ -259,9 +259,14 @@ def _tail_mean(values):
   return sum(tail) / len(tail) if tail else None
 
 
-def run_row(s, workdir, results):
-  """The table row of one finished run."""
+def run_row(s, workdir, results, previous=None):
+  """The table row of one finished run. A run finished by an earlier sweep
+  (only re-evaluated now) keeps the wall time of `previous`, its row in
+  that sweep's staleness.json (None if absent)."""
   robust = results['robust'][0]
+  seconds = results['wall_time_s']
+  if not results.get('train_images', 1):
+    seconds = (previous or {}).get('wall_time_s')
   curve = training_curve(read_metrics(workdir), s)
   return {
       'staleness': s,
@@ -276,7 +281,7 @@ def run_row(s, workdir, results):
       'adv_examples': robust['num_examples'],
       'train_stale_adv_accuracy': _tail_mean(curve['stale']),
       'train_fresh_adv_accuracy': _tail_mean(curve['fresh']),
-      'wall_time_s': results['wall_time_s'],
+      'wall_time_s': seconds,
   }
 
 
@@ -298,7 +303,7 @@ def markdown(study):
         f"| {_pct(r['adv_test_accuracy'])} "
         f"| {_pct(r['train_stale_adv_accuracy'])} "
         f"| {_pct(r['train_fresh_adv_accuracy'])} "
-        f"| {r['wall_time_s']:.0f} |"
+        f"| {'-' if r['wall_time_s'] is None else round(r['wall_time_s'])} |"
     )
   if rows:
     r = rows[0]
@@ -310,7 +315,8 @@ def markdown(study):
         f'{FINAL_INTERVALS} log intervals (stale: the batches trained on, '
         'crafted s steps earlier; fresh: the same attack with the current '
         'parameters on the same clean batches). updates = steps - s (the '
-        'first s steps fill the queue).',
+        'first s steps fill the queue). Wall time: the training call '
+        '(compilation and final evaluation included).',
     ]
   return '\n'.join(lines)
 
@@ -410,17 +416,27 @@ def _title(args, base):
   )
 
 
+def _previous_rows(out):
+  """{s: row} of an earlier sweep's staleness.json in `out` ({} if none)."""
+  try:
+    with open(os.path.join(out, 'staleness.json')) as f:
+      return {r['staleness']: r for r in json.load(f)['runs']}
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
+
+
 def sweep(args, base, staleness, curves):
   """Trains every run (in order), rewriting the outputs after each; returns
   (study, status of the last run)."""
   study = {'title': _title(args, base), 'runs': [], 'curves': {}}
+  previous = _previous_rows(args.out)
   for s in staleness:
     workdir = run_dir(args.out, s)
     print(f'staleness {s}: {workdir}', file=sys.stderr, flush=True)
     results = train.train_and_evaluate(run_config(base, s), workdir)
     if results['status'].startswith('interrupted'):
       return study, results['status']
-    study['runs'].append(run_row(s, workdir, results))
+    study['runs'].append(run_row(s, workdir, results, previous.get(s)))
     if s in curves:
       study['curves'][str(s)] = training_curve(read_metrics(workdir), s)
     write_outputs(study, args.out)
