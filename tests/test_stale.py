@@ -25,6 +25,7 @@ from jaxadv import train
 from jaxadv import train_state as ts
 from jaxadv import validation
 from jaxadv.errors import ConfigError
+from jaxadv.methods import common
 from jaxadv.methods import stale
 
 B = 16
@@ -51,10 +52,15 @@ def digest(params):
   return jnp.mod(total, 1.0)
 
 
+def shifted(x, params):
+  """The fake attack's example: x shifted by the parameters' digest - 0.5."""
+  return jnp.clip(x + digest(params) - 0.5, 0.0, 1.0)
+
+
 def fake_attack(ctx):
   """Writes the digest of the crafting parameters into every pixel."""
   del ctx
-  return lambda state, x, y, rng: jnp.full_like(x, digest(state.params))
+  return lambda state, x, y, rng: shifted(x, state.params)
 
 
 def _batches(ds, n):
@@ -111,7 +117,12 @@ def test_batch_trained_at_step_t_was_crafted_at_step_t_minus_s(
     )
     crafted.append(q['x_adv'])
     assert np.all(q['crafted_at'] == t)
-    np.testing.assert_allclose(q['x_adv'], digests[t], atol=1e-5, err_msg=t)
+    np.testing.assert_allclose(
+        q['x_adv'],
+        np.clip(batches[t][0] / 255.0 + digests[t] - 0.5, 0, 1),
+        atol=1e-5,
+        err_msg=t,
+    )
     np.testing.assert_array_equal(q['label'], batches[t][1])
     np.testing.assert_allclose(q['x'], batches[t][0] / 255.0, atol=1e-6)
 
@@ -146,11 +157,28 @@ def test_batch_trained_at_step_t_was_crafted_at_step_t_minus_s(
   assert wrong > 1e-3, wrong  # the test tells s from s - 1
   assert int(states[n].step) == n
 
+  _check_metrics(metrics, states, batches, crafted, s)
+
+
+def _check_metrics(metrics, states, batches, crafted, s):
+  """Nothing counted while filling; afterwards the stale accuracy is the
+  current parameters' on the batch crafted s steps earlier, the fresh one
+  theirs on a fresh attack of that batch's clean images and labels."""
   for t, m in enumerate(metrics):
     trained = t >= s
     assert float(m['loss'][1]) == (B if trained else 0)
     assert float(m['staleness'][0]) == (s * B if trained else 0)
     assert float(m['fresh_adv_accuracy'][1]) == (B if trained else 0)
+    if not trained:
+      continue
+    st, (img, lbl) = states[t], batches[t - s]
+    for name, x in (
+        ('adv_accuracy', crafted[t - s]),
+        ('fresh_adv_accuracy', shifted(img / 255.0, st.params)),
+    ):
+      logits, _ = common.forward(st, st.params, x, train=True, adv=True)
+      correct = int(np.sum(np.argmax(logits, -1) == lbl))
+      assert float(m[name][0]) == correct, (t, name)
 
 
 def test_staleness_zero_is_pgd_step_for_step(tiny_data_dir):
