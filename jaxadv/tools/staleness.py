@@ -313,8 +313,10 @@ def markdown(study):
         f"adversarial: {r['adv_attack']} on {r['adv_examples']} seeded test "
         'images. Train columns: mean of the last '
         f'{FINAL_INTERVALS} log intervals (stale: the batches trained on, '
-        'crafted s steps earlier; fresh: the same attack with the current '
-        'parameters on the same clean batches). updates = steps - s (the '
+        'crafted s steps earlier, every step; fresh: the same attack with '
+        'the current parameters on the same clean batches, one batch of '
+        f"{study['batch_size']} every {study['fresh_every']} steps). "
+        'updates = steps - s (the '
         'first s steps fill the queue). Wall time: the training call '
         '(compilation and final evaluation included).',
     ]
@@ -428,7 +430,15 @@ def _previous_rows(out):
 def sweep(args, base, staleness, curves):
   """Trains every run (in order), rewriting the outputs after each; returns
   (study, status of the last run)."""
-  study = {'title': _title(args, base), 'runs': [], 'curves': {}}
+  study = {
+      'title': _title(args, base),
+      'batch_size': base.batch_size,
+      'fresh_every': (
+          run_config(base, 0).method.get('fresh_every') or base.log_every
+      ),
+      'runs': [],
+      'curves': {},
+  }
   previous = _previous_rows(args.out)
   for s in staleness:
     workdir = run_dir(args.out, s)
