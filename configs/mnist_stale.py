@@ -16,7 +16,11 @@ Expected (their Figures 5 and 8): s <= 32: about 90% adversarial and 98%
 natural test accuracy, fresh training accuracy tracking stale; s = 64:
 adversarial test accuracy near 5%, fresh far below stale. Evaluated here
 with mnist_pgd's PGD-100 x 10 restarts (step 0.01) on the 10,000 test
-images.
+images. Smoke-run on the CPU (2026-12-03): 2 steps with
+--config.method.staleness=1 --config.data.num_train_examples=256
+--config.num_epochs=1 --config.eval.num_examples=10 (a fill step, then one
+update at staleness 1); the config's s = 32 on 2 steps is refused in one line
+("leaves nothing to train").
 """
 
 from configs import mnist_pgd
