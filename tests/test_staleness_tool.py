@@ -148,6 +148,8 @@ def test_sweep_writes_table_json_and_both_figures(
 
   # A rerun re-evaluates the finished runs: their training wall time stays.
   monkeypatch.setattr(train, 'train_and_evaluate', _fake_run([], False))
+  for plot in ('plot_test_accuracy', 'plot_curves'):  # drawn above
+    monkeypatch.setattr(staleness, plot, lambda study, path: None)
   assert staleness.main(argv) == 0
   study = json.loads((out / 'staleness.json').read_text())
   assert [r['wall_time_s'] for r in study['runs']] == [1.0] * 3
