@@ -64,6 +64,11 @@ def get_config():
   #       beta_max [2.0; 10 for SVHN]   aux_model ['' = the main architecture]
   #       aux_activation ['leaky_relu']  aux_kwargs [the main model's kwargs]
   #       aux_optim [Adam, lr 1e-3, schedule 'poly' 0.9; keys as c.optim]
+  # stale: staleness (required; s >= 0: train on the PGD batch crafted s steps
+  #       earlier; the first s steps only fill the queue)
+  #       fresh_every [log_every; steps between fresh-attack accuracy
+  #       batches, 0 = never]   eps, steps, step_size, norm, random_start,
+  #       attack_bn as pgd (no clean_weight)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'  # sgd | adam | adamw

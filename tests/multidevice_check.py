@@ -54,7 +54,7 @@ def max_abs_diff(a, b):
 def main(workdir, data_dir):
   out = {'devices': jax.device_count()}
   diffs, updates = {}, {}
-  for method in ('standard', 'free', 'great'):
+  for method in ('standard', 'free', 'stale', 'great'):
     # SGD: Adam's normalized update would amplify float rounding differences.
     config = tiny_config(
         data_dir,
@@ -75,11 +75,18 @@ def main(workdir, data_dir):
       config.method.aux_optim = ml_collections.ConfigDict(
           dict(name='sgd', lr=0.05, schedule='constant')
       )
+    if method == 'stale':  # the queue is sharded like the batch
+      config.method = ml_collections.ConfigDict(
+          dict(name='stale', eps=0.1, steps=2, staleness=1, fresh_every=1)
+      )
+      # Per-device keys draw other random starts on 8 devices than on 1.
+      config.method.random_start = False
     ds = build.load_data(config)
     # Free: one call (2 replays). Later calls take sign() of input gradients
     # that differ by float rounding (XLA:CPU sums convolutions in loops in a
     # batch-size-dependent order), which flips a few delta entries by 2 eps.
-    steps = 3 if method == 'standard' else 1
+    # Stale (s = 1): a fill step, then two updates on queued PGD batches.
+    steps = 3 if method in ('standard', 'stale') else 1
     s8, m8, mesh8, specs8 = run_steps(config, ds, jax.devices(), steps)
     s1, m1, _, _ = run_steps(config, ds, jax.devices()[:1], steps)
     s0 = build.setup(config, ds, parallel.make_mesh(jax.devices()[:1])).state
@@ -89,6 +96,17 @@ def main(workdir, data_dir):
       d8 = np.asarray(s8.method_state['per_example']['delta'])
       d1 = np.asarray(s1.method_state['per_example']['delta'])
       out['free_delta_mismatch_fraction'] = float(np.mean(d8 != d1))
+    if method == 'stale':
+      q8, q1 = (
+          np.asarray(s.method_state['per_example']['queue']['x_adv'])
+          for s in (s8, s1)
+      )
+      out['stale_queue_mismatch_fraction'] = float(
+          np.mean(np.abs(q8 - q1) > 1e-5)
+      )
+      out['stale_fresh'] = [
+          float(m['fresh_adv_accuracy'][i]) for m in (m8, m1) for i in (0, 1)
+      ]
     out[f'loss_{method}'] = [float(m8['loss'][0]), float(m1['loss'][0])]
   out['max_abs_diff'] = diffs
   out['max_abs_update'] = updates

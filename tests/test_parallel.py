@@ -36,7 +36,7 @@ def test_eight_devices_present(result):
   assert result['devices'] == 8
 
 
-@pytest.mark.parametrize('method', ['standard', 'free', 'great'])
+@pytest.mark.parametrize('method', ['standard', 'free', 'great', 'stale'])
 def test_eight_device_step_equals_one_device_step(result, method):
   # Same global batch, fp32, synchronized BatchNorm (cnn5 has BN); for Free
   # the carried perturbation is sharded over devices and must match too.
@@ -51,6 +51,13 @@ def test_eight_device_step_equals_one_device_step(result, method):
     # Entries whose input gradient is ~0 may take the other sign: 0.13% on
     # jax 0.7's XLA:CPU; a mis-sharded perturbation mismatches ~all of them.
     assert result['free_delta_mismatch_fraction'] < 1e-2, result
+  if method == 'stale':
+    # The queue (batch-first) is sharded like the batch: the PGD batches it
+    # holds match, up to sign flips of ~0 input gradients (as Free's delta),
+    # and so does the fresh attack's accuracy (sum, count).
+    assert result['stale_queue_mismatch_fraction'] < 1e-2, result
+    s8, n8, s1, n1 = result['stale_fresh']
+    assert n8 == n1 == 64 and abs(s8 - s1) <= 1, result
 
 
 def test_sharded_eval_counts_every_example_once(result):

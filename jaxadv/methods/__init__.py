@@ -52,6 +52,7 @@ METHODS = {
     'free': 'jaxadv.methods.free',
     'fast': 'jaxadv.methods.fast',
     'great': 'jaxadv.methods.great',
+    'stale': 'jaxadv.methods.stale',
 }
 
 
