@@ -18,7 +18,8 @@ import numpy as np
 from jax import lax
 
 from jaxadv.attacks.losses import TINY, objective_fn, success_fn
-from jaxadv.attacks.pgd import best_of_restarts
+from jaxadv.attacks.precision import float32_inside
+from jaxadv.attacks.restarts import best_of_restarts
 from jaxadv.attacks.projections import NORMS, LogitsFn, l2_norm, project_linf
 
 # Iterations (on the 10,000-query scale of the paper) after which the fraction p halves.
@@ -312,6 +313,7 @@ def _check_square(x, norm, queries, p_init):
     raise ValueError(f'p_init must be in (0, 1], got {p_init}')
 
 
+@float32_inside
 def square(
     logits_fn: LogitsFn,
     rng: jax.Array,
