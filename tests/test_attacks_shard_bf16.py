@@ -31,6 +31,7 @@ def conv_logits_fn(seed=0, classes=5, channels=2, size=6):
   w_out = jax.random.normal(k2, (size * size * 4, classes)) * 0.3
 
   def logits_fn(x):
+    x = x.astype(jnp.float32)  # as Flax models cast inputs to their compute dtype
     h = lax.conv_general_dilated(
         x, w_conv, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
     )

@@ -263,11 +263,15 @@ def query_chunk(batch: int, rows: int | None = None) -> int:
 
 def active_logits(logits_fn, x, active, chunk: int):
   """logits_fn on the rows of x where `active` only, in chunks of `chunk` rows: (b, C), rows
-  not active hold zeros. The active rows are moved to the front (stable order), so a query
+  not active hold zeros (with a single chunk, chunk >= b, every row is computed). The active rows are moved to the front (stable order), so a query
   costs ceil(n_active / chunk) forward passes of `chunk` rows: like the reference, which
   queries only the points still robust, Square stops paying for points it has fooled.
   """
   b = x.shape[0]
+  if (
+      chunk >= b
+  ):  # one chunk: nothing to skip until all are done (the loop then stops)
+    return logits_fn(x)
   n_chunks = -(-b // chunk)
   perm = jnp.argsort(~active, stable=True)  # active rows first
   rows = jnp.concatenate(
