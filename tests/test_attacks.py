@@ -682,6 +682,9 @@ def test_parse_round_trip_property(name, data):
       'p_init': st.floats(0.01, 1.0),
       'rescale_schedule': st.booleans(),
       'keep_best': st.booleans(),
+      'eot_iter': st.integers(1, 50),
+      'largereps': st.booleans(),
+      'version': st.sampled_from(A.autoattack.VERSIONS),
   }
   keys = A.specs._spec_keys(name)
   chosen = data.draw(st.lists(st.sampled_from(keys), unique=True)) + ['eps']
@@ -692,6 +695,10 @@ def test_parse_round_trip_property(name, data):
     return
   if params.get('norm', 'linf') == 'linf' and params['eps'] > 1:
     with pytest.raises(ValueError, match='norm=linf'):
+      A.AttackSpec(name, params)
+    return
+  if params.get('largereps'):  # the L1 schedule; norm is drawn from linf, l2
+    with pytest.raises(ValueError, match='norm=l1'):
       A.AttackSpec(name, params)
     return
   spec = A.AttackSpec(name, params)

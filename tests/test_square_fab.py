@@ -550,7 +550,7 @@ def test_autoattack_spec_and_components():
       'fab-t',
   ]
   with pytest.raises(ValueError, match='version'):
-    A.specs.autoattack_components(0.5, 'l2', 'rand')
+    A.specs.autoattack_components(0.5, 'l2', 'fast')
   d = A.parse_attack('square(eps=0.1, queries=300, target=random)').describe()
   assert (d['steps'], d['loss'], d['target'], d['step_size']) == (
       300,

@@ -1,21 +1,31 @@
 """APGD and APGD-T (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
-ensemble of diverse parameter-free attacks", Algorithm 1)."""
+ensemble of diverse parameter-free attacks", Algorithm 1), in L-inf and L2, and in L1 through
+jaxadv/attacks/apgd_l1.py (Croce & Hein 2021); EOT gradients for randomized models
+(jaxadv/attacks/eot.py)."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import jax
-import jax.numpy as jnp
-from jax import lax
 import fractions
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from jaxadv.attacks.apgd_l1 import apgd_l1_run, largereps_schedule
+from jaxadv.attacks.eot import check_eot, eot_loss_and_grad
 from jaxadv.attacks.losses import as_float, dlr_targeted, objective_fn, success_fn
-from jaxadv.attacks.pgd import best_of_restarts, check_steps, keep_better
-from jaxadv.attacks.projections import LogitsFn, bcast, loss_and_grad, norm_ops
+from jaxadv.attacks.precision import float32_inside
+from jaxadv.attacks.projections import LogitsFn, bcast, norm_ops
+from jaxadv.attacks.restarts import (
+    batch_full,
+    best_of_restarts,
+    check_steps,
+    keep_better,
+)
+
+APGD_NORMS = ('linf', 'l2', 'l1')
 
 
 def apgd_step_size(eps):
@@ -51,17 +61,19 @@ def _apgd_schedule(steps: int):
   return jnp.asarray(is_ckpt), jnp.asarray(window)
 
 
-def _apgd_run(
-    logits_fn, rng, x, objective, success, *, eps, steps, norm, rho, alpha
-):
-  """One APGD restart. Returns, per example, the highest-loss successful iterate if any
-  iterate succeeded, else the highest-loss iterate; (b, ...)."""
+def _apgd_run(grad_fn, rng, x, success, *, eps, steps, norm, rho, alpha):
+  """One APGD restart in L-inf or L2; grad_fn(x_adv, key) -> (loss, logits, gradient) (keys
+  only matter for EOT on a randomized model). Returns, per example, the highest-loss
+  successful iterate if any iterate succeeded, else the highest-loss iterate; (b, ...).
+  """
   direction, project, init = norm_ops(norm)
   is_ckpt, window = _apgd_schedule(steps)
-  b = x.shape[0]
+  k_eot = jax.random.fold_in(
+      rng, 1
+  )  # init draws from rng itself, as before EOT
 
   x0 = init(rng, x, eps)
-  f0, logits0, g0 = loss_and_grad(logits_fn, objective, x0)
+  f0, logits0, g0 = grad_fn(x0, jax.random.fold_in(k_eot, 0))
   ok0 = success(logits0)
   s0 = dict(
       x=x0,
@@ -74,12 +86,11 @@ def _apgd_run(
       x_adv=x0,
       f_adv=jnp.where(ok0, f0, -jnp.inf),
       found=ok0,  # best successful iterate
-      eta=jnp.full(
-          (b,), apgd_step_size(eps), x.dtype
-      ),  # per-example step size, 2 * eps
-      n_up=jnp.zeros((b,), jnp.int32),  # loss increases since last checkpoint
+      # per-example step size, 2 * eps
+      eta=batch_full(x, 1.0, x.dtype) * apgd_step_size(eps),
+      n_up=batch_full(x, 0, jnp.int32),  # loss increases since last checkpoint
       f_max_ckpt=f0,
-      halved_ckpt=jnp.zeros((b,), bool),  # state at the last checkpoint
+      halved_ckpt=batch_full(x, False, bool),  # state at the last checkpoint
   )
 
   def body(k, s):  # computes iterate k + 1 from x_k
@@ -88,7 +99,7 @@ def _apgd_run(
     x_new = project(
         s['x'] + a * (z - s['x']) + (1 - a) * (s['x'] - s['x_prev']), x, eps
     )
-    f, logits, g = loss_and_grad(logits_fn, objective, x_new)
+    f, logits, g = grad_fn(x_new, jax.random.fold_in(k_eot, k + 1))
     ok = success(logits)
 
     sel = lambda c, u, v: jnp.where(bcast(c, u), u, v)
@@ -128,13 +139,58 @@ def _apgd_run(
   return jnp.where(bcast(s['found'], x), s['x_adv'], s['x_max'])
 
 
-def _check_apgd(rho, alpha):
+def _check_apgd(norm, rho, alpha, eot_iter, largereps, steps):
+  if norm not in APGD_NORMS:
+    raise ValueError(
+        f'unknown norm {norm!r}; valid norms for APGD: {", ".join(APGD_NORMS)}'
+    )
   if not 0 < rho <= 1:
     raise ValueError(f'rho must be in (0, 1], got {rho}')
   if not 0 < alpha <= 1:
     raise ValueError(f'alpha (momentum) must be in (0, 1], got {alpha}')
+  check_eot(eot_iter)
+  if largereps:
+    if norm != 'l1':
+      raise ValueError(
+          f'largereps is the L1 eps schedule; use norm=l1 (got norm={norm})'
+      )
+    largereps_schedule(steps)
 
 
+def _make_run(
+    logits_fn,
+    x,
+    objective,
+    success,
+    *,
+    eps,
+    norm,
+    steps,
+    rho,
+    alpha,
+    eot_iter,
+    largereps,
+):
+  """key -> x_adv: one APGD restart in `norm` (see `apgd`)."""
+  grad_fn = eot_loss_and_grad(logits_fn, objective, eot_iter)
+  if norm == 'l1':
+    return lambda key: apgd_l1_run(
+        grad_fn, key, x, success, eps=eps, steps=steps, largereps=largereps
+    )
+  return lambda key: _apgd_run(
+      grad_fn,
+      key,
+      x,
+      success,
+      eps=eps,
+      steps=steps,
+      norm=norm,
+      rho=rho,
+      alpha=alpha,
+  )
+
+
+@float32_inside
 def apgd(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -144,49 +200,60 @@ def apgd(
     eps,
     norm: str = 'linf',
     steps: int = 100,
-    loss: str = 'ce',
+    loss='ce',
     restarts: int = 1,
     rho: float = 0.75,
     alpha: float = 0.75,
     target: jax.Array | None = None,
+    eot_iter: int = 1,
+    largereps: bool = False,
     restart_batching: str = 'loop',
 ) -> jax.Array:
   """Auto-PGD (Croce & Hein 2020, Algorithm 1), per example.
 
-  Random start in the eps ball; step size 2 * eps, halved at the checkpoints
+  L-inf and L2: random start in the eps ball; step size 2 * eps, halved at the checkpoints
   `apgd_checkpoints(steps)` when under a fraction rho of the steps since the last checkpoint
   increased the loss, or when neither the step size nor the best loss changed since then; a
   halving restarts from the best point. Momentum:
   x_{k+1} = P(x_k + alpha (z_{k+1} - x_k) + (1 - alpha)(x_k - x_{k-1})), z_{k+1} = P(x_k + eta
-  * d(g)) with d = sign (L-inf) or g / |g|_2 (L2).
+  * d(g)) with d = sign (L-inf) or g / |g|_2 (L2). L1: the sparsity-adaptive APGD of Croce &
+  Hein 2021 (jaxadv/attacks/apgd_l1.py; rho and alpha do not apply).
 
   Args:
-    eps: ball radius in pixel scale.
-    norm: 'linf' | 'l2'.
+    eps: ball radius in pixel scale (L1: the sum of absolute pixel changes, e.g. 12 on
+      CIFAR-10 as in AutoAttack's L1 evaluations).
+    norm: 'linf' | 'l2' | 'l1'.
     steps: gradient steps per restart (N_iter).
-    loss: 'ce' | 'dlr' (needs >= 3 classes, >= 4 if targeted) | 'cw'.
+    loss: 'ce' | 'dlr' (needs >= 3 classes, >= 4 if targeted) | 'cw', or a callable
+      (logits, labels) -> (b,) to maximise (labels = target when targeted).
     restarts, restart_batching: as in `pgd`.
     rho: checkpoint threshold on the fraction of loss-increasing steps.
     alpha: momentum weight of the new step (1 = no momentum).
     target: optional int (b,) targets (success = predicting the target).
+    eot_iter: gradients averaged per step over this many draws of a randomized model
+      (`eot.Randomized`; AutoAttack's version='rand' uses 20); a deterministic logits_fn
+      has one gradient, computed once.
+    largereps: L1 only: AutoAttack's schedule of runs at 3 eps, 2 eps, eps
+      (`apgd_l1.largereps_schedule`).
   Returns:
     stop_gradient(x_adv) (b, ...): per example, the highest-loss successful iterate if any
-    iterate succeeded, else the highest-loss iterate.
+    iterate succeeded, else the highest-loss iterate; in [0, 1] and the eps ball.
   """
   check_steps(steps)
-  _check_apgd(rho, alpha)
+  _check_apgd(norm, rho, alpha, eot_iter, largereps, steps)
   objective, success = objective_fn(loss, y, target), success_fn(y, target)
-  run = lambda key: _apgd_run(
+  run = _make_run(
       logits_fn,
-      key,
       x,
       objective,
       success,
       eps=eps,
-      steps=steps,
       norm=norm,
+      steps=steps,
       rho=rho,
       alpha=alpha,
+      eot_iter=eot_iter,
+      largereps=largereps,
   )
   x_adv, _, _ = best_of_restarts(
       run, logits_fn, objective, success, rng, x, restarts, restart_batching
@@ -194,6 +261,7 @@ def apgd(
   return lax.stop_gradient(x_adv)
 
 
+@float32_inside
 def apgd_ce(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -207,6 +275,8 @@ def apgd_ce(
     rho: float = 0.75,
     alpha: float = 0.75,
     target: jax.Array | None = None,
+    eot_iter: int = 1,
+    largereps: bool = False,
     restart_batching: str = 'loop',
 ) -> jax.Array:
   """APGD on the cross-entropy loss."""
@@ -223,10 +293,13 @@ def apgd_ce(
       rho=rho,
       alpha=alpha,
       target=target,
+      eot_iter=eot_iter,
+      largereps=largereps,
       restart_batching=restart_batching,
   )
 
 
+@float32_inside
 def apgd_dlr(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -240,6 +313,8 @@ def apgd_dlr(
     rho: float = 0.75,
     alpha: float = 0.75,
     target: jax.Array | None = None,
+    eot_iter: int = 1,
+    largereps: bool = False,
     restart_batching: str = 'loop',
 ) -> jax.Array:
   """APGD on the DLR loss (targeted DLR when `target` is given)."""
@@ -256,10 +331,25 @@ def apgd_dlr(
       rho=rho,
       alpha=alpha,
       target=target,
+      eot_iter=eot_iter,
+      largereps=largereps,
       restart_batching=restart_batching,
   )
 
 
+def _top_targets(logits_fn, x, y, num_target_classes):
+  """The num_target_classes (at most C - 1) highest clean logits other than y, (b, T)."""
+  clean_logits = as_float(lax.stop_gradient(logits_fn(x)))
+  num_classes = clean_logits.shape[-1]
+  if num_classes < 4:
+    raise ValueError(f'apgd_t needs at least 4 classes, got {num_classes}')
+  n_targets = min(num_target_classes, num_classes - 1)
+  mask = jax.nn.one_hot(y, num_classes, dtype=bool)
+  others = jnp.where(mask, -jnp.inf, clean_logits)
+  return lax.top_k(others, n_targets)[1], clean_logits.dtype
+
+
+@float32_inside
 def apgd_t(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -273,6 +363,8 @@ def apgd_t(
     num_target_classes: int = 9,
     rho: float = 0.75,
     alpha: float = 0.75,
+    eot_iter: int = 1,
+    largereps: bool = False,
     restart_batching: str = 'loop',
 ) -> jax.Array:
   """APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss, once per target class.
@@ -281,38 +373,32 @@ def apgd_t(
   highest-logit classes at x other than y, success means misclassification. Per example the
   first target (in decreasing clean logit) whose run succeeds is kept, else the run with the
   highest targeted DLR. Target i (0-based) uses key jax.random.fold_in(rng, i), split per
-  restart by `restart_keys`.
+  restart by `restart_keys`. norm, eot_iter and largereps as in `apgd` (AutoAttack's L1
+  version runs 5 targets with largereps).
 
   Returns:
     stop_gradient(x_adv) (b, ...) in [0, 1] and the eps ball of x.
   """
   check_steps(steps)
-  _check_apgd(rho, alpha)
-  clean_logits = as_float(lax.stop_gradient(logits_fn(x)))
-  num_classes = clean_logits.shape[-1]
-  if num_classes < 4:
-    raise ValueError(f'apgd_t needs at least 4 classes, got {num_classes}')
-  n_targets = min(num_target_classes, num_classes - 1)
-  mask = jax.nn.one_hot(y, num_classes, dtype=bool)
-  targets = lax.top_k(jnp.where(mask, -jnp.inf, clean_logits), n_targets)[
-      1
-  ]  # (b, T)
+  _check_apgd(norm, rho, alpha, eot_iter, largereps, steps)
+  targets, f_dtype = _top_targets(logits_fn, x, y, num_target_classes)
   untargeted = success_fn(y, None)
 
   def one_target(best, i):
     target = targets[:, i].astype(y.dtype)
     objective = lambda z: dlr_targeted(z, y, target)
-    run = lambda key: _apgd_run(
+    run = _make_run(
         logits_fn,
-        key,
         x,
         objective,
         untargeted,
         eps=eps,
-        steps=steps,
         norm=norm,
+        steps=steps,
         rho=rho,
         alpha=alpha,
+        eot_iter=eot_iter,
+        largereps=largereps,
     )
     new = best_of_restarts(
         run,
@@ -326,10 +412,7 @@ def apgd_t(
     )
     return keep_better(best, new), None
 
-  init = (
-      x,
-      jnp.full(x.shape[:1], -jnp.inf, clean_logits.dtype),
-      jnp.zeros(x.shape[:1], bool),
-  )
-  (x_adv, _, _), _ = lax.scan(one_target, init, jnp.arange(n_targets))
+  init = (x, batch_full(x, -jnp.inf, f_dtype), batch_full(x, False, bool))
+  steps_t = jnp.arange(targets.shape[1])
+  (x_adv, _, _), _ = lax.scan(one_target, init, steps_t)
   return lax.stop_gradient(x_adv)

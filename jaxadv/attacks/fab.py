@@ -1,5 +1,5 @@
 """FAB, the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020, "Minimally distorted
-adversarial examples with a fast adaptive boundary attack"), L-inf and L2, untargeted and
+adversarial examples with a fast adaptive boundary attack"), L-inf, L2 and L1, untargeted and
 targeted (FAB-T, as AutoAttack runs it).
 
 FAB looks for the smallest perturbation that changes the prediction: each step linearises the
@@ -12,7 +12,7 @@ Written after the reference implementation in fra31/auto-attack (fab_base.py, fa
 fab_projections.py), in JAX with one fixed batch: every example iterates for all steps,
 examples misclassified at x keep x, and the projections bracket the root of a
 piecewise-linear function by bisection and then solve it exactly (the reference sorts its
-breakpoints, which is ~20x slower on CPU).
+breakpoints, which is ~20x slower on CPU; the L1 projection is a greedy sort by |w|).
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxadv.attacks.losses import TINY, as_float
-from jaxadv.attacks.pgd import check_steps, restart_keys
-from jaxadv.attacks.projections import NORMS, LogitsFn, bcast, project_l2, project_linf
+from jaxadv.attacks.precision import float32_inside
+from jaxadv.attacks.restarts import batch_full, check_steps, restart_keys
+from jaxadv.attacks.projections import (
+    LogitsFn,
+    bcast,
+    project_l1,
+    project_l2,
+    project_linf,
+)
 
 _UNREACHED = 1e10  # the reference's marker for the hyperplane of the true class
 
@@ -128,6 +135,34 @@ def hyperplane_box_projection_l2(t, w, c):
   )
 
 
+def hyperplane_box_projection_l1(t, w, c):
+  """The smallest-L1 step d (b, n) with <w, t + d> = c and t + d in [0, 1].
+
+  Each unit of L1 moved on coordinate i lowers <w, .> by |w_i|, so the minimal step moves the
+  coordinates in decreasing |w_i| to their faces until the gap closes, the last one partly.
+  If the box cannot reach the hyperplane, every coordinate with w_i != 0 goes to its face
+  (the reference, fra31/auto-attack's projection_l1, does the same; it finds the last
+  coordinate by bisection over the sorted cumulative drops, here by a clip per coordinate).
+  """
+  w, gap, room = _oriented(t, w, c)
+  aw = jnp.abs(w)
+  order = jnp.argsort(-aw, axis=-1)
+  aw_s = jnp.take_along_axis(aw, order, axis=-1)
+  room_s = jnp.take_along_axis(room, order, axis=-1)
+  full = aw_s * room_s  # the drop of moving a coordinate all the way
+  before = (
+      jnp.cumsum(full, axis=-1) - full
+  )  # the drop of the coordinates before it
+  amount = jnp.clip(
+      (gap[:, None] - before) / jnp.maximum(aw_s, TINY), 0.0, room_s
+  )
+  unreachable = jnp.sum(full, axis=-1) < gap
+  amount = jnp.where(unreachable[:, None], room_s, amount)
+  amount = jnp.where(aw_s > 0, amount, 0.0)
+  amount = jnp.take_along_axis(amount, jnp.argsort(order, axis=-1), axis=-1)
+  return -jnp.sign(w) * amount
+
+
 def _linf(v):
   return jnp.max(jnp.abs(v), axis=-1)
 
@@ -136,15 +171,17 @@ def _l2(v):
   return jnp.sqrt(jnp.sum(jnp.square(v), axis=-1))
 
 
+def _l1(v):
+  return jnp.sum(jnp.abs(v), axis=-1)
+
+
 # norm -> (norm of flat (b, n), dual norm, projection onto hyperplane and box)
 _FAB_NORMS = {
-    'linf': (
-        _linf,
-        lambda v: jnp.sum(jnp.abs(v), axis=-1),
-        hyperplane_box_projection_linf,
-    ),
+    'linf': (_linf, _l1, hyperplane_box_projection_linf),
     'l2': (_l2, _l2, hyperplane_box_projection_l2),
+    'l1': (_l1, _linf, hyperplane_box_projection_l1),
 }
+FAB_NORMS = tuple(_FAB_NORMS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,10 +211,9 @@ def _linearize_closest(logits_fn, y, dual_norm):
   def fn(x):
     z, vjp = jax.vjp(lambda xx: as_float(logits_fn(xx)), x)
     b, num_classes = z.shape
-    eye = jnp.broadcast_to(
-        jnp.eye(num_classes, dtype=z.dtype)[:, None, :],
-        (num_classes, b, num_classes),
-    )
+    # Built from z (not a constant) so the cotangents have z's varying-axis type under
+    # shard_map with check_vma=True.
+    eye = jnp.eye(num_classes, dtype=z.dtype)[:, None, :] + jnp.zeros_like(z)
     jac = jnp.moveaxis(jax.vmap(lambda e: vjp(e)[0])(eye), 0, 1).reshape(
         b, num_classes, -1
     )
@@ -194,16 +230,13 @@ def _linearize_closest(logits_fn, y, dual_norm):
 
 def _random_start(rng, x, eps, norm):
   """The reference's start for restarts after the first: a random direction scaled to norm
-  eps / 2 (L-inf: uniform noise scaled to max |.| = eps / 2; L2: gaussian), clipped.
+  eps / 2 (L-inf: uniform noise scaled to max |.| = eps / 2; L2, L1: gaussian), clipped.
   """
   if norm == 'linf':
     t = jax.random.uniform(rng, x.shape, x.dtype, -1.0, 1.0)
-    t = t / bcast(
-        jnp.max(jnp.abs(t.reshape(t.shape[0], -1)), axis=-1) + TINY, t
-    )
   else:
     t = jax.random.normal(rng, x.shape, x.dtype)
-    t = t / bcast(_l2(t.reshape(t.shape[0], -1)) + TINY, t)
+  t = t / bcast(_FAB_NORMS[norm][0](t.reshape(t.shape[0], -1)) + TINY, t)
   return jnp.clip(x + 0.5 * eps * t, 0.0, 1.0)
 
 
@@ -247,8 +280,10 @@ def _fab_run(
 
 
 def _check_fab(norm, steps, restarts, alpha_max, eta, beta):
-  if norm not in NORMS:
-    raise ValueError(f'unknown norm {norm!r}; valid norms: {", ".join(NORMS)}')
+  if norm not in FAB_NORMS:
+    raise ValueError(
+        f'unknown norm {norm!r}; valid norms: {", ".join(FAB_NORMS)}'
+    )
   check_steps(steps)
   if restarts < 1:
     raise ValueError(f'restarts must be >= 1, got {restarts}')
@@ -259,6 +294,7 @@ def _check_fab(norm, steps, restarts, alpha_max, eta, beta):
     )
 
 
+@float32_inside(ball=False)
 def fab_minimal(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -277,7 +313,7 @@ def fab_minimal(
   """The smallest perturbation FAB finds, not bounded by any eps.
 
   Args:
-    norm: the norm minimised, 'linf' | 'l2'.
+    norm: the norm minimised, 'linf' | 'l2' | 'l1'.
     steps: FAB iterations per restart (each: one forward-backward pass, one backward pass per
       class when untargeted, and one forward pass to test the new iterate).
     restarts: restart 0 starts at x; restart r >= 1 starts at a random point at distance
@@ -323,7 +359,7 @@ def fab_minimal(
         jnp.where(closer, d_r, best[1]),
     ), None
 
-  init = (x, jnp.full(x.shape[:1], jnp.inf, x.dtype))
+  init = (x, batch_full(x, jnp.inf, x.dtype))
   (x_min, dist), _ = lax.scan(one_restart, init, jnp.arange(restarts))
   return lax.stop_gradient(x_min), lax.stop_gradient(dist)
 
@@ -333,10 +369,11 @@ def _within_eps(x, x_min, dist, eps, norm):
   (so an example FAB cannot break within eps stays robust). The projection only absorbs
   float rounding."""
   x_adv = jnp.where(bcast(dist <= eps, x), x_min, x)
-  project = project_linf if norm == 'linf' else project_l2
+  project = {'linf': project_linf, 'l2': project_l2, 'l1': project_l1}[norm]
   return lax.stop_gradient(project(x_adv, x, eps))
 
 
+@float32_inside
 def fab(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -379,6 +416,7 @@ def fab(
   return _within_eps(x, x_min, dist, eps, norm)
 
 
+@float32_inside
 def fab_t(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -424,6 +462,7 @@ def fab_t(
   return _within_eps(x, x_min, dist, eps, norm)
 
 
+@float32_inside(ball=False)
 def fab_t_minimal(
     logits_fn: LogitsFn,
     rng: jax.Array,
@@ -471,6 +510,6 @@ def fab_t_minimal(
         jnp.where(closer, d_i, best[1]),
     ), None
 
-  init = (x, jnp.full(x.shape[:1], jnp.inf, x.dtype))
+  init = (x, batch_full(x, jnp.inf, x.dtype))
   (x_min, dist), _ = lax.scan(one_target, init, jnp.arange(n_targets))
   return x_min, dist

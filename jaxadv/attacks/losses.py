@@ -3,7 +3,7 @@ rules. Computed in at least float32."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
@@ -84,12 +84,46 @@ def dlr_targeted(
   return (z_t - z_y) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + TINY)
 
 
-def objective_fn(loss: str, y: jax.Array, target: jax.Array | None):
-  """logits (b, C) -> per-example loss to maximise (b,)."""
+Loss = Union[str, Callable[[jax.Array, jax.Array], jax.Array]]
+
+
+def check_loss(loss) -> None:
+  """Raises ValueError unless `loss` is a name in LOSSES or a callable."""
+  if callable(loss):
+    return
   if loss not in LOSSES:
     raise ValueError(
-        f'unknown loss {loss!r}; valid losses: {", ".join(LOSSES)}'
+        f'unknown loss {loss!r}; valid losses: {", ".join(LOSSES)}, or a '
+        'callable (logits, labels) -> per-example loss (b,)'
     )
+
+
+def _callable_objective(loss, labels):
+  """logits -> loss(logits, labels) as float32 (b,), its shape checked at trace time."""
+
+  def objective(z):
+    f = loss(z, labels)
+    if jnp.shape(f) != jnp.shape(labels):
+      raise ValueError(
+          f'a loss callable must return one value per example, shape '
+          f'{jnp.shape(labels)}; got shape {jnp.shape(f)}'
+      )
+    return as_float(jnp.asarray(f))
+
+  return objective
+
+
+def objective_fn(loss: Loss, y: jax.Array, target: jax.Array | None):
+  """logits (b, C) -> per-example loss to maximise (b,).
+
+  `loss` is a name in LOSSES (targeted variants when `target` is given) or any callable
+  `(logits (b, C), labels int (b,)) -> (b,)`, higher = more adversarial, called with the
+  true labels `y`, or with `target` when one is given (so a targeted callable maximises
+  towards the labels it receives, e.g. `lambda z, t: -cross_entropy(z, t)`).
+  """
+  check_loss(loss)
+  if callable(loss):
+    return _callable_objective(loss, y if target is None else target)
   if target is None:
     return {
         'ce': lambda z: cross_entropy(z, y),

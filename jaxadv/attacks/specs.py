@@ -13,7 +13,14 @@ from typing import Any, Callable, Mapping
 import jax
 from jax import lax
 
-from jaxadv.attacks.apgd import apgd, apgd_ce, apgd_dlr, apgd_step_size, apgd_t
+from jaxadv.attacks.apgd import (
+    APGD_NORMS,
+    apgd,
+    apgd_ce,
+    apgd_dlr,
+    apgd_step_size,
+    apgd_t,
+)
 from jaxadv.attacks import autoattack
 from jaxadv.attacks.autoattack import autoattack_batch
 from jaxadv.attacks.fab import fab, fab_t
@@ -76,20 +83,47 @@ _KEY_ORDER = (
     'p_init',
     'rescale_schedule',
     'keep_best',
+    'eot_iter',
+    'largereps',
+    'version',
     'restart_batching',
 )
-_BOOLEANS = ('random_start', 'clip_start', 'rescale_schedule', 'keep_best')
+_BOOLEANS = (
+    'random_start',
+    'clip_start',
+    'rescale_schedule',
+    'keep_best',
+    'largereps',
+)
 _CHOICES = {
-    'norm': NORMS,
+    'norm': APGD_NORMS,
+    'version': autoattack.VERSIONS,
     'loss': LOSSES,
     'target': TARGETS,
     'random_start': ('true', 'false'),
     'clip_start': ('true', 'false'),
     'rescale_schedule': ('true', 'false'),
     'keep_best': ('true', 'false'),
+    'largereps': ('true', 'false'),
     'restart_batching': RESTART_BATCHING,
 }
-_POSITIVE_INTS = ('steps', 'queries', 'restarts', 'num_target_classes')
+_POSITIVE_INTS = (
+    'steps',
+    'queries',
+    'restarts',
+    'num_target_classes',
+    'eot_iter',
+)
+# Attacks that take norm=l1 (the others: linf and l2).
+_L1_ATTACKS = (
+    'apgd',
+    'apgd_ce',
+    'apgd_dlr',
+    'apgd_t',
+    'fab',
+    'fab_t',
+    'autoattack',
+)
 Value = Any  # int | float | fractions.Fraction | bool | str
 
 
@@ -202,6 +236,22 @@ class AttackSpec:
       raise ValueError(
           f'eps={_format_value(given["eps"])} must be <= 1 for norm=linf: '
           'pixel scale, e.g. eps=8/255, not eps=8'
+      )
+    if given.get('norm') == 'l1' and self.name not in _L1_ATTACKS:
+      raise ValueError(
+          f'norm=l1 is supported by {", ".join(_L1_ATTACKS)}; '
+          f'{self.name} takes norm=linf or norm=l2'
+      )
+    if given.get('largereps') and given.get('norm', 'linf') != 'l1':
+      raise ValueError('largereps=true is the L1 eps schedule; add norm=l1')
+    if (
+        given.get('version') in autoattack.L1_UNSUPPORTED
+        and given.get('norm') == 'l1'
+    ):
+      raise ValueError(
+          f'version={given["version"]} is not available for norm=l1 (its '
+          'Square component has no L1 version here); use version=standard or '
+          'version=rand'
       )
     if given.get('random_start') is False and given.get('restarts', 1) > 1:
       raise ValueError(
@@ -446,19 +496,19 @@ def autoattack_components(
   each component under its display name and the robust accuracy after it; the final robust
   accuracy is the one after the last component.
   """
-  if norm not in NORMS:
-    raise ValueError(f'unknown norm {norm!r}; valid norms: {", ".join(NORMS)}')
   return [
       autoattack.Component(
           display, AttackSpec(name, dict(norm=norm, eps=eps, **params))
       )
-      for display, name, params in autoattack.settings(version)
+      for display, name, params in autoattack.settings(version, norm)
   ]
 
 
 def autoattack_spec_components(spec) -> list[autoattack.Component]:
-  """The components of an `autoattack(eps=..., norm=...)` AttackSpec."""
+  """The components of an `autoattack(eps=..., norm=..., version=...)` AttackSpec."""
   if spec.name != 'autoattack':
     raise ValueError(f'expected an autoattack spec, got {spec}')
   given = dict(spec.params)
-  return autoattack_components(given['eps'], given.get('norm', 'linf'))
+  return autoattack_components(
+      given['eps'], given.get('norm', 'linf'), given.get('version', 'standard')
+  )
