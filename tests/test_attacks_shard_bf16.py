@@ -31,7 +31,9 @@ def conv_logits_fn(seed=0, classes=5, channels=2, size=6):
   w_out = jax.random.normal(k2, (size * size * 4, classes)) * 0.3
 
   def logits_fn(x):
-    x = x.astype(jnp.float32)  # as Flax models cast inputs to their compute dtype
+    x = x.astype(
+        jnp.float32
+    )  # as Flax models cast inputs to their compute dtype
     h = lax.conv_general_dilated(
         x, w_conv, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
     )
@@ -175,13 +177,10 @@ def _distance(delta, norm):
   }[norm]
 
 
-@pytest.mark.parametrize('name', sorted(ATTACKS))
-def test_attack_runs_under_shard_map_with_default_checks(name):
-  _, _, attack = ATTACKS[name]
-  x, y = random_batch(0)
+def _sharded(attack):
+  """jit(shard_map(attack)) over all devices, check_vma at its default."""
   mesh = jax.make_mesh((jax.device_count(),), ('data',))
-  data = NamedSharding(mesh, P('data'))
-  sharded = jax.jit(
+  fn = jax.jit(
       jax.shard_map(
           attack,
           mesh=mesh,
@@ -189,24 +188,11 @@ def test_attack_runs_under_shard_map_with_default_checks(name):
           out_specs=P('data'),
       )  # check_vma defaults to True
   )
-  inside = sharded(key(1), jax.device_put(x, data), jax.device_put(y, data))
-  outside = jax.jit(attack)(key(1), x, y)
-  np.testing.assert_array_equal(np.asarray(inside), np.asarray(outside))
+  data = NamedSharding(mesh, P('data'))
+  return lambda k, x, y: fn(k, jax.device_put(x, data), jax.device_put(y, data))
 
 
-# Every attack in bfloat16; float16 (the same code path, other rounding) for a few.
-LOW_PRECISION = [(n, 'bfloat16') for n in sorted(ATTACKS)] + [
-    (n, 'float16')
-    for n in ('fgsm_rs', 'pgd_linf_restarts', 'square', 'fab_t_l2')
-]
-
-
-@pytest.mark.parametrize('name,dtype', LOW_PRECISION)
-def test_low_precision_input_stays_in_ball_and_box(name, dtype):
-  norm, eps, attack = ATTACKS[name]
-  x, y = random_batch(2)
-  x = x.astype(dtype)
-  x_adv = jax.jit(attack)(key(3), x, y)
+def _assert_in_ball_and_box(name, x_adv, x, norm, eps, dtype):
   assert x_adv.dtype == x.dtype and x_adv.shape == x.shape
   x_adv64, x64 = np.asarray(x_adv, np.float64), np.asarray(x, np.float64)
   assert x_adv64.min() >= 0.0 and x_adv64.max() <= 1.0
@@ -220,6 +206,42 @@ def test_low_precision_input_stays_in_ball_and_box(name, dtype):
     # The attack moves to the ball's surface: most coordinates sit at x +- eps in bf16,
     # so the check above is not vacuous.
     assert dist.max() > bound - 2 * float(jnp.finfo(dtype).eps)
+
+
+# One compiled program per attack checks both properties: it runs inside
+# shard_map with default checks, on bfloat16 inputs, and returns bfloat16
+# points inside the ball and the box.
+@pytest.mark.parametrize('name', sorted(ATTACKS))
+def test_attack_runs_under_shard_map_in_bfloat16(name):
+  norm, eps, attack = ATTACKS[name]
+  x, y = random_batch(2)
+  x = x.astype('bfloat16')
+  x_adv = _sharded(attack)(key(3), x, y)
+  _assert_in_ball_and_box(name, x_adv, x, norm, eps, 'bfloat16')
+
+
+# Inside shard_map the result is the one outside (float32), for attacks of
+# each loop kind: restarts (pgd), APGD's checkpoints, FAB's targets, Square.
+@pytest.mark.parametrize(
+    'name', ['pgd_linf_restarts', 'apgd_t', 'fab_t_l2', 'square_l2']
+)
+def test_shard_map_gives_the_result_outside(name):
+  _, _, attack = ATTACKS[name]
+  x, y = random_batch(0)
+  inside = _sharded(attack)(key(1), x, y)
+  outside = jax.jit(attack)(key(1), x, y)
+  np.testing.assert_array_equal(np.asarray(inside), np.asarray(outside))
+
+
+@pytest.mark.parametrize(
+    'name', ['fgsm_rs', 'pgd_linf_restarts', 'square', 'fab_t_l2']
+)
+def test_float16_input_stays_in_ball_and_box(name):
+  norm, eps, attack = ATTACKS[name]
+  x, y = random_batch(2)
+  x = x.astype('float16')
+  x_adv = jax.jit(attack)(key(3), x, y)
+  _assert_in_ball_and_box(name, x_adv, x, norm, eps, 'float16')
 
 
 def test_cast_into_ball_rounds_towards_x_only_where_needed():
