@@ -167,6 +167,18 @@ def initial_leaves(config):
   return main_network_leaves(tree)
 
 
+_INIT_SKETCHES = {}
+
+
+def init_sketch(config):
+  """sketch(initial_leaves(config)), computed once per model and seed (every
+  method here starts from the same initial network; dual BN adds leaves)."""
+  key = (config.model.name, config.model.dual_bn, config.seed)
+  if key not in _INIT_SKETCHES:
+    _INIT_SKETCHES[key] = sketch(initial_leaves(config))
+  return _INIT_SKETCHES[key]
+
+
 def latest_checkpoint_tree(workdir):
   ckdir = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(ckdir) if d.isdigit())
@@ -212,7 +224,7 @@ def main(data_dir, workdir):
         'step': step,
         **digest(leaves),
         'sketch': sketch(leaves),
-        'init_sketch': sketch(initial_leaves(config)),
+        'init_sketch': init_sketch(config),
     }
     if name == 'standard':
       out['test_accuracy'] = res['test_accuracy']
